@@ -1,0 +1,56 @@
+# One obvious way to run each job; every target calls the `distill` CLI or a tool in its venv.
+PYTHON ?= python3.11
+VENV := .venv
+VENV_TRAIN := .venv-train
+AXOLOTL_VERSION ?= 0.19.0
+DISTILL := $(VENV)/bin/distill
+# Axolotl's telemetry retries for minutes without a network: always off.
+TRAIN_ENV := AXOLOTL_DO_NOT_TRACK=1 DO_NOT_TRACK=1 HF_HUB_DISABLE_TELEMETRY=1
+DATASET ?= gsm8k
+CONFIG ?=
+OFFLINE ?=
+ARGS ?=
+
+.PHONY: help setup setup-train test lint demo pipeline train preprocess publish bench chaos clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: ## Create .venv with the factory (CPU torch 2.13.0)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e ".[dev]"
+
+setup-train: ## Create .venv-train with Axolotl (AXOLOTL_VERSION=$(AXOLOTL_VERSION))
+	$(PYTHON) -m venv $(VENV_TRAIN)
+	$(VENV_TRAIN)/bin/pip install --quiet --upgrade pip
+	$(TRAIN_ENV) $(VENV_TRAIN)/bin/pip install --quiet torch==2.13.0 axolotl==$(AXOLOTL_VERSION)
+
+test: ## Run the whole test suite (what CI runs)
+	HF_HUB_OFFLINE=1 $(TRAIN_ENV) $(VENV)/bin/pytest -q $(ARGS)
+
+lint: ## Ruff
+	$(VENV)/bin/ruff check pipelines prm tests bench
+
+demo: ## The main job on the shipped demo spec (OFFLINE=1: a tiny local model, plumbing only)
+	$(DISTILL) demo $(if $(OFFLINE),--offline,) $(ARGS)
+
+pipeline: ## Run a dataset's pipeline: make pipeline DATASET=gsm8k ARGS="--teacher-url ... --limit 50"
+	$(DISTILL) run $(DATASET) $(ARGS)
+
+train: ## Launch Axolotl: make train CONFIG=axolotl_configs/....yaml
+	@test -n "$(CONFIG)" || { echo "error: CONFIG is required: make train CONFIG=axolotl_configs/<file>.yaml"; exit 2; }
+	$(TRAIN_ENV) $(VENV_TRAIN)/bin/axolotl train $(CONFIG) $(ARGS)
+
+preprocess: ## Tokenise a config's datasets: make preprocess CONFIG=...
+	@test -n "$(CONFIG)" || { echo "error: CONFIG is required: make preprocess CONFIG=axolotl_configs/<file>.yaml"; exit 2; }
+	$(TRAIN_ENV) $(VENV_TRAIN)/bin/axolotl preprocess $(CONFIG) $(ARGS)
+
+publish: ## Push a dataset folder to the Hub: make publish DATASET=out/gsm8k REPO=owner/name
+	$(DISTILL) publish $(DATASET) --repo-id $(REPO) $(ARGS)
+
+bench: ## Generation throughput against the teacher simulator
+	$(VENV)/bin/python bench/throughput.py $(ARGS)
+
+clean: ## Remove outputs (keeps the venvs)
+	rm -rf out .pytest_cache

@@ -1,0 +1,93 @@
+"""The ``distill`` command: one entry point for every job of the factory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipelines.spec import SpecError, load_spec, shipped_specs
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Synthetic reasoning-trace factory.")
+
+
+def fail(message: str) -> None:
+    """One clear line on stderr and a non-zero exit."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+
+
+@app.command("list")
+def list_specs() -> None:
+    """Show the shipped dataset specs."""
+    for path in shipped_specs():
+        spec, _ = load_spec(str(path))
+        typer.echo(f"{spec.name:<12} {spec.source.path:<40} verification={spec.verification:<6} "
+                   f"teacher={spec.teacher.model}")
+
+
+@app.command()
+def run(
+    spec: str = typer.Argument(..., help="A shipped spec name (see `distill list`) or a YAML path."),
+    teacher_url: Optional[list[str]] = typer.Option(None, help="Teacher base URL(s), e.g. http://127.0.0.1:8000/v1."),
+    teacher_model: Optional[str] = typer.Option(None, help="Served model name of the teacher."),
+    backend: Optional[str] = typer.Option(None, help="openai | vllm | transformers."),
+    num_samples: Optional[int] = typer.Option(None, help="Samples per problem."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Token budget per sample."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N problems."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default out/<name>)."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Resume folder (default <out>/.cache)."),
+) -> None:
+    """Generate, parse, verify and write a trace dataset for SPEC."""
+    from pipelines.run import run_spec
+
+    try:
+        dataset, text = load_spec(spec)
+        overrides = {"base_url": teacher_url and (teacher_url[0] if len(teacher_url) == 1 else teacher_url),
+                     "model": teacher_model, "backend": backend, "num_samples": num_samples,
+                     "max_new_tokens": max_new_tokens}
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if overrides:
+            from pydantic import ValidationError
+
+            try:
+                dataset.teacher = type(dataset.teacher).model_validate({**dataset.teacher.model_dump(), **overrides})
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise SpecError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+        out_dir = out or Path(dataset.output.dir or f"out/{dataset.name}")
+        api_key = os.environ.get(dataset.teacher.api_key_env)
+        stats = run_spec(dataset, text, out_dir, cache_dir=cache_dir, limit=limit, api_key=api_key)
+    except SpecError as exc:
+        fail(str(exc))
+    typer.echo(f"wrote {out_dir}: {stats['samples']} samples of {stats['problems']} problems, "
+               f"kept {stats['kept']} ({stats['pass_rate']:.1%}); reasons {json.dumps(stats['reasons'])}")
+
+
+@app.command("tiny-model")
+def tiny_model(out: Path = typer.Option(Path("out/tiny-model"), help="Where to write it.")) -> None:
+    """Build a tiny random Qwen2 model + tokenizer locally (for offline demos and tests)."""
+    from pipelines.tiny_model import build_tiny_model
+
+    typer.echo(str(build_tiny_model(out)))
+
+
+def entrypoint() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    entrypoint()

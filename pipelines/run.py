@@ -1,0 +1,76 @@
+"""Build and run the Distilabel pipeline for a spec: load → generate → curate → write, then finalize."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.source import iter_problems
+from pipelines.spec import DatasetSpec, SpecError
+from pipelines.store import done_problem_ids, finalize, meta_dir
+
+log = logging.getLogger("distill")
+
+
+def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_ids: set[str],
+                   api_key: str | None = None, total: int | None = None) -> Any:
+    from distilabel.pipeline import Pipeline
+
+    from pipelines.steps.curate import CurateTraces
+    from pipelines.steps.generate import TeacherGeneration
+    from pipelines.steps.load import LoadProblems
+    from pipelines.steps.write import WriteParts
+    from pipelines.teachers import build_llm, generation_kwargs
+
+    batch = spec.run.batch_size
+    llm = build_llm(spec.teacher, api_key=api_key)
+    llm.generation_kwargs = generation_kwargs(spec.teacher)
+    with Pipeline(name=f"distill-{spec.name}", cache_dir=cache_dir / "distilabel") as pipeline:
+        load = LoadProblems(name="load", source=spec.source, limit=limit, skip_ids=sorted(skip_ids),
+                            batch_size=batch)
+        generate = TeacherGeneration(name="generate", llm=llm, prompt=spec.prompt,
+                                     num_samples=spec.teacher.num_samples,
+                                     max_new_tokens=spec.teacher.max_new_tokens, input_batch_size=batch)
+        curate = CurateTraces(name="curate", verification=spec.verification, prompt=spec.prompt,
+                              input_batch_size=batch)
+        write = WriteParts(name="write", cache_dir=str(cache_dir), total_problems=total, input_batch_size=batch)
+        load >> generate >> curate >> write
+    return pipeline
+
+
+def _count_problems(spec: DatasetSpec, limit: int | None) -> int:
+    count = sum(1 for _ in iter_problems(spec.source, limit))
+    if count == 0:
+        raise SpecError(f"source.path: {spec.source.path!r} has no problems in field "
+                        f"{spec.source.problem_field!r}; check the file or the field name")
+    return count
+
+
+def run_spec(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path | None = None,
+             limit: int | None = None, api_key: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the pipeline and write the dataset folder; returns the stats."""
+    cache_dir = cache_dir or out_dir / ".cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    total = _count_problems(spec, limit) if spec.source.is_local else limit
+    done = done_problem_ids(cache_dir)
+    state_file = cache_dir / "run_state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {"wall_time_s": 0.0, "runs": 0}
+    started = time.monotonic()
+    if total is None or len(done) < total:
+        log.info("running %s: %s problems to do, %d already done", spec.name,
+                 "?" if total is None else total - len(done), len(done))
+        pipeline = build_pipeline(spec, cache_dir, limit, done, api_key=api_key, total=total)
+        pipeline.run(use_cache=False)
+    else:
+        log.info("all %d problems already done; writing the dataset", total)
+    state = {"wall_time_s": state["wall_time_s"] + time.monotonic() - started, "runs": state["runs"] + 1}
+    state_file.write_text(json.dumps(state))
+    run_info = {"spec": spec.name, "teacher_model": spec.teacher.model, "backend": spec.teacher.backend,
+                "num_samples": spec.teacher.num_samples, "verification": spec.verification,
+                "runs": state["runs"], "wall_time_s": state["wall_time_s"]}
+    meta_dir(out_dir).mkdir(parents=True, exist_ok=True)
+    (meta_dir(out_dir) / "spec.yaml").write_text(spec_text)
+    return finalize(cache_dir, out_dir, spec.output.rows_per_file, run_info)

@@ -1,0 +1,73 @@
+"""Read problems from a local .jsonl/.parquet file or a Hub dataset, streaming, with stable ids."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from pipelines.spec import SourceConfig, SpecError
+
+
+def _local_rows(path: Path) -> Iterator[dict]:
+    if path.suffix == ".parquet":
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+        return
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, 1):
+            line = raw.decode("utf-8", errors="replace").strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SpecError(f"{path}:{lineno}: not valid JSON ({exc.msg}); fix or remove that line") from None
+            if not isinstance(row, dict):
+                raise SpecError(f"{path}:{lineno}: each line must be a JSON object")
+            yield row
+
+
+def _hub_rows(source: SourceConfig) -> Iterator[dict]:
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(source.path, source.config, split=source.split, streaming=True)
+    except Exception as exc:  # noqa: BLE001 - the datasets library raises many types here
+        raise SpecError(
+            f"source.path: cannot load Hub dataset {source.path!r} ({type(exc).__name__}); "
+            "check the id and network, or point source.path at a local .jsonl/.parquet file"
+        ) from None
+    yield from dataset
+
+
+def _check_columns(row: dict, source: SourceConfig) -> None:
+    for key in ("problem_field", "answer_field", "id_field"):
+        column = getattr(source, key)
+        if column and column not in row:
+            columns = ", ".join(sorted(row))
+            raise SpecError(f"source.{key}: column {column!r} is not in the source (columns: {columns})")
+
+
+def iter_problems(source: SourceConfig, limit: int | None = None) -> Iterator[dict]:
+    """Yield ``{"problem_id", "problem", "gold"}``; ids are the row index unless ``id_field`` is set."""
+    if source.is_local:
+        path = Path(source.path)
+        if not path.is_file():
+            raise SpecError(f"source.path: file {str(path)!r} does not exist; check the path in the spec")
+        rows = _local_rows(path)
+    else:
+        rows = _hub_rows(source)
+    for index, row in enumerate(rows):
+        if limit is not None and index >= limit:
+            return
+        if index == 0:
+            _check_columns(row, source)
+        problem = row.get(source.problem_field)
+        if not isinstance(problem, str) or not problem.strip():
+            continue
+        gold = row.get(source.answer_field) if source.answer_field else None
+        problem_id = str(row[source.id_field]) if source.id_field else str(index)
+        yield {"problem_id": problem_id, "problem": problem, "gold": None if gold is None else str(gold)}

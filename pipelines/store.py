@@ -1,0 +1,187 @@
+"""The dataset on disk: atomic part files while running, then parquet shards and stats.json.
+
+Each part file holds whole problems (all their samples), written to a temporary name and renamed,
+so a run killed at any point leaves only complete parts; a rerun skips the problems found there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PARTS = "parts"
+META = "__meta__"  # pyarrow skips "_"/"." names and datasets "__"/"." ones: DIR stays a clean parquet folder
+
+
+def meta_dir(out_dir: Path) -> Path:
+    """Where stats.json and the spec used live, beside the parquet shards."""
+    return out_dir / META
+
+BASE_SCHEMA = pa.schema([
+    ("problem_id", pa.string()), ("problem_index", pa.int64()), ("sample_index", pa.int32()),
+    ("problem", pa.string()), ("gold", pa.string()), ("completion", pa.string()),
+    ("reasoning_content", pa.string()), ("thought", pa.string()), ("answer", pa.string()),
+    ("correct", pa.bool_()), ("kept", pa.bool_()), ("rejection_reason", pa.string()),
+    ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+    ("teacher_model", pa.string()), ("finish_reason", pa.string()),
+    ("completion_tokens", pa.int64()), ("prompt_tokens", pa.int64()), ("pass_rate", pa.float64()),
+])
+LOGPROB_FIELDS = [
+    ("tokens", pa.list_(pa.string())), ("token_logprobs", pa.list_(pa.float64())),
+    ("logprobs", pa.list_(pa.list_(pa.struct([("token", pa.string()), ("logprob", pa.float64())])))),
+]
+PRM_FIELDS = [("step_scores", pa.list_(pa.float64())), ("prm_score", pa.float64()),
+              ("prm_first_error", pa.int64())]
+_INTERNAL = {"text", "reasoning", "error"}
+
+
+def flatten(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per sample from rows that carry a problem and its ``samples``."""
+    records = []
+    for row in rows:
+        for index, sample in enumerate(row["samples"]):
+            record = {k: v for k, v in sample.items() if k not in _INTERNAL}
+            record.update(problem_id=row["problem_id"], problem_index=row["problem_index"], sample_index=index,
+                          problem=row["problem"], gold=row["gold"], teacher_model=row.get("model_name"),
+                          pass_rate=row.get("pass_rate"))
+            records.append(record)
+    return records
+
+
+def _schema_for(records: list[dict[str, Any]]) -> pa.Schema:
+    fields = list(BASE_SCHEMA)
+    present = set().union(*(r.keys() for r in records)) if records else set()
+    fields += [pa.field(n, t) for n, t in LOGPROB_FIELDS + PRM_FIELDS if n in present]
+    return pa.schema(fields)
+
+
+def write_part(cache_dir: Path, records: list[dict[str, Any]]) -> Path | None:
+    """Write one part file atomically; returns its path (None for no records)."""
+    if not records:
+        return None
+    parts = cache_dir / PARTS
+    parts.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(records, schema=_schema_for(records))
+    first = min(r["problem_index"] for r in records)
+    final = parts / f"part-{first:010d}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = parts / f".{final.name}.tmp"
+    pq.write_table(table, tmp)
+    with tmp.open("rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, final)
+    return final
+
+
+def part_files(cache_dir: Path) -> list[Path]:
+    return sorted((cache_dir / PARTS).glob("part-*.parquet"))
+
+
+def done_problem_ids(cache_dir: Path) -> set[str]:
+    """Problems already written by an earlier (possibly killed) run."""
+    done: set[str] = set()
+    for part in part_files(cache_dir):
+        done.update(pq.read_table(part, columns=["problem_id"]).column(0).to_pylist())
+    return done
+
+
+def _tables(parts: list[Path], schema: pa.Schema) -> Iterator[pa.Table]:
+    for part in parts:
+        table = pq.read_table(part)
+        for field in schema:
+            if field.name not in table.column_names:
+                table = table.append_column(field, pa.nulls(len(table), field.type))
+        yield table.select(schema.names).cast(schema)
+
+
+def finalize(cache_dir: Path, out_dir: Path, rows_per_file: int, run_info: dict[str, Any]) -> dict[str, Any]:
+    """Merge the parts into ``out_dir/data-XXXXX.parquet`` and write ``stats.json``; returns the stats."""
+    parts = part_files(cache_dir)
+    schema = pa.unify_schemas([pq.read_schema(p) for p in parts]) if parts else BASE_SCHEMA
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stale = set(out_dir.glob("data-*.parquet"))
+    tag = uuid.uuid4().hex[:6]
+    written: list[Path] = []
+    writer, rows_in_file = None, 0
+    collector = StatsCollector()
+    for table in _tables(parts, schema):
+        collector.add(table)
+        for batch in table.to_batches(max_chunksize=rows_per_file):
+            if writer is None or rows_in_file >= rows_per_file:
+                if writer:
+                    writer.close()
+                written.append(out_dir / f".data-{len(written):05d}-{tag}.tmp")
+                writer, rows_in_file = pq.ParquetWriter(written[-1], schema), 0
+            writer.write_batch(batch)
+            rows_in_file += batch.num_rows
+    if writer:
+        writer.close()
+    for old in stale:
+        old.unlink()
+    for i, tmp in enumerate(written):
+        os.replace(tmp, out_dir / f"data-{i:05d}-of-{len(written):05d}.parquet")
+    stats = collector.result(run_info)
+    meta_dir(out_dir).mkdir(exist_ok=True)
+    (meta_dir(out_dir) / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+class StatsCollector:
+    """Counts per rejection reason, pass rates and token statistics over the written samples."""
+
+    def __init__(self) -> None:
+        self.reasons: Counter[str] = Counter()
+        self.samples = self.kept = self.correct = self.verified = 0
+        self.problems: set[str] = set()
+        self.solved: set[str] = set()
+        self.tokens: list[int] = []
+        self.kept_tokens: list[int] = []
+
+    def add(self, table: pa.Table) -> None:
+        cols = table.select(["problem_id", "kept", "correct", "rejection_reason", "completion_tokens"]).to_pydict()
+        for pid, kept, correct, reason, tokens in zip(*cols.values()):
+            self.samples += 1
+            self.problems.add(pid)
+            self.reasons[reason or "kept"] += 1
+            if correct is not None:
+                self.verified += 1
+                self.correct += bool(correct)
+            if kept:
+                self.kept += 1
+                self.solved.add(pid)
+            if tokens is not None:
+                self.tokens.append(tokens)
+                if kept:
+                    self.kept_tokens.append(tokens)
+
+    def result(self, run_info: dict[str, Any]) -> dict[str, Any]:
+        wall = run_info.get("wall_time_s") or 0.0
+        total_tokens = sum(self.tokens)
+        return {
+            "problems": len(self.problems), "samples": self.samples, "kept": self.kept,
+            "rejected": self.samples - self.kept,
+            "pass_rate": round(self.kept / self.samples, 4) if self.samples else 0.0,
+            "correct_rate": round(self.correct / self.verified, 4) if self.verified else None,
+            "problems_with_kept_trace": len(self.solved),
+            "reasons": dict(sorted(self.reasons.items())),
+            "tokens": {
+                "completion_total": total_tokens,
+                "completion_mean": round(statistics.fmean(self.tokens), 1) if self.tokens else 0,
+                "completion_median": statistics.median(self.tokens) if self.tokens else 0,
+                "completion_max": max(self.tokens, default=0),
+                "kept_mean": round(statistics.fmean(self.kept_tokens), 1) if self.kept_tokens else 0,
+            },
+            "wall_time_s": round(wall, 2),
+            "tokens_per_s": round(total_tokens / wall, 1) if wall else None,
+            **{k: v for k, v in run_info.items() if k != "wall_time_s"},
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }

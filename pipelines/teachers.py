@@ -1,0 +1,157 @@
+"""Teacher LLMs as distilabel LLMs: vLLM's OpenAI-compatible server (default) or in-process engines.
+
+distilabel's own ``OpenAILLM`` drops vLLM's ``reasoning_content``, the finish reason and the sampled
+tokens, and fails the whole batch on one error; this adapter keeps all of them per sample.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+from distilabel.models.llms.base import LLM, AsyncLLM
+from pydantic import Field, PrivateAttr
+
+from pipelines.spec import TeacherConfig
+
+
+def _error_kind(exc: BaseException) -> str:
+    """A short, secret-free description of a failed request."""
+    status = getattr(exc, "status_code", None)
+    return f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "")
+
+
+class VLLMServerLLM(AsyncLLM):
+    """Chat completions from one or more OpenAI-compatible servers (vLLM replicas)."""
+
+    model: str
+    base_urls: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8000/v1"])
+    api_key: str | None = Field(default=None, exclude=True, repr=False)
+    timeout: float = 600.0
+    max_retries: int = 4
+    max_concurrency: int = 64
+
+    _clients: list[Any] = PrivateAttr(default_factory=list)
+    _next_client: Any = PrivateAttr(default=None)
+    _semaphore: asyncio.Semaphore | None = PrivateAttr(default=None)
+
+    def load(self) -> None:
+        super().load()
+        from openai import AsyncOpenAI
+
+        self._clients = [
+            AsyncOpenAI(base_url=url, api_key=self.api_key or "EMPTY", timeout=self.timeout,
+                        max_retries=self.max_retries)
+            for url in self.base_urls
+        ]
+        self._next_client = itertools.cycle(self._clients)
+
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    def _limit(self) -> asyncio.Semaphore:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.max_concurrency)
+        return self._semaphore
+
+    async def agenerate(  # type: ignore[override]
+        self,
+        input: list[dict[str, str]],
+        num_generations: int = 1,
+        max_new_tokens: int = 1024,
+        temperature: float = 0.6,
+        top_p: float = 0.95,
+        top_logprobs: int | None = None,
+    ) -> dict[str, Any]:
+        """One request with ``n=num_generations``; failures become per-sample errors, never exceptions."""
+        kwargs: dict[str, Any] = dict(model=self.model, messages=input, n=num_generations,
+                                      max_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        if top_logprobs:
+            kwargs.update(logprobs=True, top_logprobs=top_logprobs,
+                          extra_body={"return_tokens_as_token_ids": True})
+        async with self._limit():
+            try:
+                completion = await next(self._next_client).chat.completions.create(**kwargs)
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded per sample
+                return _failed(num_generations, _error_kind(exc))
+        return _from_completion(completion, num_generations)
+
+
+def _failed(n: int, error: str) -> dict[str, Any]:
+    return {"samples": [{"text": None, "error": error} for _ in range(n)]}
+
+
+def _from_completion(completion: Any, n: int) -> dict[str, Any]:
+    choices = list(getattr(completion, "choices", None) or [])
+    if not choices:
+        return _failed(n, "empty choices")
+    usage = getattr(completion, "usage", None)
+    prompt_tokens = getattr(usage, "prompt_tokens", None)
+    samples = []
+    for choice in choices[:n]:
+        message = choice.message
+        extra = getattr(message, "model_extra", None) or {}
+        reasoning = extra.get("reasoning_content") or extra.get("reasoning")
+        sample: dict[str, Any] = {
+            "text": message.content,
+            "reasoning": reasoning,
+            "finish_reason": choice.finish_reason,
+            "prompt_tokens": prompt_tokens,
+            "error": None if message.content is not None or reasoning else "empty content",
+        }
+        content_logprobs = getattr(getattr(choice, "logprobs", None), "content", None)
+        if content_logprobs:
+            sample["tokens"] = [t.token for t in content_logprobs]
+            sample["token_logprobs"] = [t.logprob for t in content_logprobs]
+            sample["logprobs"] = [
+                [{"token": top.token, "logprob": top.logprob} for top in t.top_logprobs]
+                for t in content_logprobs
+            ]
+        samples.append(sample)
+    # vLLM reports completion tokens summed over the n choices; spread them when no logprobs say more.
+    total = getattr(usage, "completion_tokens", None)
+    for sample in samples:
+        sample["completion_tokens"] = len(sample["tokens"]) if "tokens" in sample else (
+            round(total / len(samples)) if total is not None else None)
+    samples += [{"text": None, "error": "missing choice"} for _ in range(n - len(samples))]
+    return {"samples": samples}
+
+
+def build_llm(teacher: TeacherConfig, api_key: str | None = None) -> LLM:
+    """The distilabel LLM for a spec's teacher section."""
+    if teacher.backend == "openai":
+        return VLLMServerLLM(model=teacher.model, base_urls=teacher.base_urls, api_key=api_key,
+                             timeout=teacher.timeout_s, max_retries=teacher.max_retries,
+                             max_concurrency=teacher.max_concurrency)
+    if teacher.backend == "transformers":
+        from distilabel.models.llms import TransformersLLM
+
+        return TransformersLLM(model=teacher.model, trust_remote_code=teacher.trust_remote_code,
+                               torch_dtype="float32", device="cpu" if not _has_cuda() else None)
+    from distilabel.models.llms import vLLM
+
+    return vLLM(model=teacher.model, trust_remote_code=teacher.trust_remote_code)
+
+
+def generation_kwargs(teacher: TeacherConfig) -> dict[str, Any]:
+    """Sampling settings in the names each backend's ``generate`` takes."""
+    kwargs: dict[str, Any] = {"max_new_tokens": teacher.max_new_tokens, "temperature": teacher.temperature,
+                              "top_p": teacher.top_p}
+    if teacher.backend == "openai" and teacher.top_logprobs:
+        kwargs["top_logprobs"] = teacher.top_logprobs
+    if teacher.backend == "transformers":
+        kwargs.update(do_sample=teacher.temperature > 0, repetition_penalty=1.0)
+        if teacher.temperature == 0:
+            kwargs["temperature"] = 1.0
+    return kwargs
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
