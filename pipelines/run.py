@@ -30,7 +30,8 @@ def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_i
     llm.generation_kwargs = generation_kwargs(spec.teacher)
     with Pipeline(name=f"distill-{spec.name}", cache_dir=cache_dir / "distilabel") as pipeline:
         load = LoadProblems(name="load", source=spec.source, limit=limit, skip_ids=sorted(skip_ids),
-                            batch_size=batch)
+                            batch_size=batch, dedupe=spec.dedupe, decontamination=spec.decontamination,
+                            report_dir=str(cache_dir))
         generate = TeacherGeneration(name="generate", llm=llm, prompt=spec.prompt,
                                      num_samples=spec.teacher.num_samples,
                                      max_new_tokens=spec.teacher.max_new_tokens, input_batch_size=batch)
@@ -41,8 +42,13 @@ def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_i
     return pipeline
 
 
-def _count_problems(spec: DatasetSpec, limit: int | None) -> int:
-    count = sum(1 for _ in iter_problems(spec.source, limit))
+def _count_problems(spec: DatasetSpec, limit: int | None, cache_dir: Path | None = None) -> int:
+    from pipelines.filters.apply import ProblemFilter
+
+    problems = ProblemFilter(spec.dedupe, spec.decontamination)
+    count = sum(1 for _ in problems.apply(iter_problems(spec.source, limit)))
+    if cache_dir is not None:
+        problems.write_report(cache_dir)
     if count == 0:
         raise SpecError(f"source.path: {spec.source.path!r} has no problems in field "
                         f"{spec.source.problem_field!r}; check the file or the field name")
@@ -54,7 +60,7 @@ def run_spec(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path |
     """Run (or resume) the pipeline and write the dataset folder; returns the stats."""
     cache_dir = cache_dir or out_dir / ".cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    total = _count_problems(spec, limit) if spec.source.is_local else limit
+    total = _count_problems(spec, limit, cache_dir) if spec.source.is_local else limit
     done = done_problem_ids(cache_dir)
     state_file = cache_dir / "run_state.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {"wall_time_s": 0.0, "runs": 0}

@@ -89,6 +89,93 @@ class RunConfig(_Strict):
     batch_size: int = Field(64, ge=1)
 
 
+class DedupeConfig(_Strict):
+    """Exact and MinHash-LSH near-duplicate removal of problems before generation (on by default)."""
+
+    enabled: bool = True
+    near_threshold: float = Field(0.85, gt=0.0, le=1.0)
+    num_perm: int = Field(128, ge=16, le=1024)
+    shingle_size: int = Field(3, ge=1, le=16)
+
+
+class BenchmarkConfig(_Strict):
+    """An evaluation set to decontaminate against: a Hub dataset id or a local .jsonl/.parquet file."""
+
+    path: str
+    name: str | None = None
+    config: str | None = None
+    split: str = "test"
+    field: str = "problem"
+
+    @property
+    def label(self) -> str:
+        return self.name or (Path(self.path).stem if self.is_local else self.path)
+
+    @property
+    def is_local(self) -> bool:
+        return self.path.endswith((".jsonl", ".json", ".parquet")) or Path(self.path).exists()
+
+
+class DecontaminationConfig(_Strict):
+    """Drop problems sharing a word n-gram with a benchmark problem (open-r1 uses 8-grams)."""
+
+    benchmarks: list[BenchmarkConfig] = []
+    ngram: int = Field(8, ge=1, le=64)
+
+
+class PrmConfig(_Strict):
+    """The process reward model that scores each step of a kept thought (issue 3; see prm/)."""
+
+    model: str
+    style: Literal["math-shepherd", "qwen-prm"] = "math-shepherd"
+    backend: Literal["transformers", "vllm"] = "transformers"
+    base_url: str = "http://127.0.0.1:8001"  # vllm: the server of `vllm serve MODEL --task reward`
+    served_model: str | None = None  # vllm: the served model name (default: model)
+    tokenizer: str | None = None  # default: model
+    aggregation: Literal["min", "mean", "last", "product"] = "min"
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    split: Literal["auto", "blank_lines", "step_markers", "lines", "regex"] = "auto"
+    split_pattern: str | None = None  # split == "regex": a step ends after each match
+    step_tag: str | None = None  # default: " ки" (math-shepherd) or "<extra_0>" (qwen-prm)
+    good_token: str = "+"
+    bad_token: str = "-"
+    system: str = "Please reason step by step, and put your final answer within \\boxed{}."  # qwen-prm
+    batch_size: int = Field(16, ge=1)  # traces per forward pass (or per HTTP request)
+    max_batch_tokens: int = Field(65536, ge=1)  # padded tokens per forward pass
+    max_tokens: int = Field(4096, ge=8)  # longer traces are left unscored (kept as they are)
+    device: str = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    trust_remote_code: bool = False
+    score_rejected: bool = False  # also score the thoughts of samples rejected for other reasons
+    server_probs: bool = True  # vllm: the pooler already applied softmax (vLLM's default for reward models)
+    max_concurrency: int = Field(4, ge=1)
+    timeout_s: float = Field(600.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"not a URL: {value!r} (expected http://host:port)")
+        return value
+
+    @model_validator(mode="after")
+    def _pattern(self) -> PrmConfig:
+        import re
+
+        if self.split == "regex" and not self.split_pattern:
+            raise ValueError("split 'regex' needs split_pattern (a regex that ends a step)")
+        if self.split_pattern:
+            try:
+                re.compile(self.split_pattern)
+            except re.error as exc:
+                raise ValueError(f"split_pattern: invalid regex ({exc})") from None
+        return self
+
+    @property
+    def tag(self) -> str:
+        return self.step_tag or (" ки" if self.style == "math-shepherd" else "<extra_0>")
+
+
 class DatasetSpec(_Strict):
     name: str
     description: str = ""
@@ -99,6 +186,9 @@ class DatasetSpec(_Strict):
     verification: Literal["math", "exact", "none"] = "math"
     output: OutputConfig = OutputConfig()
     run: RunConfig = RunConfig()
+    prm: PrmConfig | None = None
+    dedupe: DedupeConfig = DedupeConfig()
+    decontamination: DecontaminationConfig = DecontaminationConfig()
 
     @model_validator(mode="after")
     def _gold_needed(self) -> DatasetSpec:
@@ -143,6 +233,11 @@ def load_spec(name_or_path: str) -> tuple[DatasetSpec, str]:
         candidate = (path.parent / spec.source.path).resolve()
         if candidate.exists():
             spec.source.path = str(candidate)
+    for benchmark in spec.decontamination.benchmarks:
+        if benchmark.is_local and not Path(benchmark.path).is_absolute():
+            candidate = (path.parent / benchmark.path).resolve()
+            if candidate.exists():
+                benchmark.path = str(candidate)
     return spec, text
 
 

@@ -130,6 +130,9 @@ def finalize(cache_dir: Path, out_dir: Path, rows_per_file: int, run_info: dict[
     for i, tmp in enumerate(written):
         os.replace(tmp, out_dir / f"data-{i:05d}-of-{len(written):05d}.parquet")
     stats = collector.result(run_info)
+    from pipelines.filters.apply import read_report
+
+    stats.update(read_report(cache_dir))  # "dedupe" and "decontamination": problems dropped before generation
     meta_dir(out_dir).mkdir(exist_ok=True)
     (meta_dir(out_dir) / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats

@@ -1,0 +1,1 @@
+"""Problem filters applied before generation: decontamination against benchmarks, then dedupe."""
