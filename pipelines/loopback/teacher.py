@@ -15,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Responder = Callable[[list[dict[str, str]], int], "str | dict[str, Any]"]
+# (text, top_k, as_ids) -> {"content": [...]} in the OpenAI logprobs shape; replaces _fake_logprobs when given.
+LogprobsFn = Callable[[str, int, bool], dict[str, Any]]
 
 
 def _fake_logprobs(text: str, k: int, as_ids: bool) -> dict[str, Any]:
@@ -36,8 +38,10 @@ def _fake_logprobs(text: str, k: int, as_ids: bool) -> dict[str, Any]:
 class LoopbackTeacher:
     """Context manager: ``with LoopbackTeacher(responder) as t: t.base_url`` → ``http://127.0.0.1:PORT/v1``."""
 
-    def __init__(self, responder: Responder, model: str = "loopback-teacher") -> None:
+    def __init__(self, responder: Responder, model: str = "loopback-teacher",
+                 logprobs_fn: LogprobsFn | None = None) -> None:
         self.responder = responder
+        self.logprobs_fn = logprobs_fn or _fake_logprobs
         self.model = model
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -63,8 +67,8 @@ class LoopbackTeacher:
                                       "finish_reason": reply.get("finish_reason", "stop")}
             text = (reply.get("content") or "")
             if body.get("logprobs"):
-                choice["logprobs"] = _fake_logprobs(text, int(body.get("top_logprobs") or 1),
-                                                    bool(body.get("return_tokens_as_token_ids")))
+                choice["logprobs"] = self.logprobs_fn(text, int(body.get("top_logprobs") or 1),
+                                                       bool(body.get("return_tokens_as_token_ids")))
             completion_tokens += len(text) + len(reply.get("reasoning_content") or "")
             choices.append(choice)
         prompt_tokens = sum(len(m.get("content") or "") for m in body["messages"])
