@@ -1,0 +1,176 @@
+"""Render the dataset card (README.md with YAML metadata) from stats.json, the spec and the configs.
+
+A pure function of its inputs: every number on the card comes from ``stats.json`` or the published
+tables, and the spec is quoted verbatim.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from pipelines.spec import TeacherConfig
+
+
+@dataclass
+class CardInputs:
+    repo_id: str
+    stats: dict[str, Any]
+    spec_text: str
+    config_rows: dict[str, int]  # config name -> rows, "default" first
+    histogram: str | None = "trace_lengths.png"
+    axolotl_configs: list[str] = field(default_factory=list)
+
+
+def _size_category(rows: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                        (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+        if rows < limit:
+            return name
+    return "n>10M"
+
+
+def card_metadata(inputs: CardInputs, spec: dict[str, Any]) -> dict[str, Any]:
+    configs = []
+    for name in inputs.config_rows:
+        entry: dict[str, Any] = {"config_name": name,
+                                 "data_files": [{"split": "train", "path": f"data/{name}/train-*.parquet"}]}
+        if name == "default":
+            entry["default"] = True
+        configs.append(entry)
+    return {
+        "license": spec.get("license") or "unknown",
+        "pretty_name": spec.get("name") or inputs.repo_id.split("/")[-1],
+        "task_categories": ["text-generation"],
+        "language": ["en"],
+        "tags": ["reasoning", "distillation", "synthetic", "chain-of-thought"],
+        "size_categories": [_size_category(inputs.config_rows.get("default", 0))],
+        "configs": configs,
+    }
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _generation(spec: dict[str, Any], stats: dict[str, Any]) -> str:
+    try:
+        teacher = TeacherConfig.model_validate(spec.get("teacher") or {}).model_dump()
+    except ValueError:
+        teacher = dict(spec.get("teacher") or {})
+    keys = ["backend", "num_samples", "temperature", "top_p", "max_new_tokens", "top_logprobs"]
+    rows = [["teacher model", f"`{stats.get('teacher_model') or teacher.get('model')}`"]]
+    rows += [[k, teacher.get(k)] for k in keys if k in teacher]
+    return _table(["setting", "value"], rows)
+
+
+def _prm(spec: dict[str, Any]) -> str:
+    prm = spec.get("prm")
+    if not isinstance(prm, dict) or not prm:
+        return "No process reward model was used: traces are filtered by parsing and answer verification only."
+    rows = [[k, f"`{v}`" if k == "model" else v] for k, v in prm.items() if not isinstance(v, dict | list)]
+    return "Each step of a kept trace was scored by a process reward model; traces below the threshold are " \
+           "rejected with reason `prm`.\n\n" + _table(["PRM setting", "value"], rows)
+
+
+def _reasons(stats: dict[str, Any]) -> str:
+    samples = stats.get("samples") or 0
+    rows = [[f"`{reason}`", count, f"{count / samples:.1%}" if samples else "-"]
+            for reason, count in (stats.get("reasons") or {}).items()]
+    return _table(["outcome", "samples", "share"], rows)
+
+
+def _decontamination(stats: dict[str, Any]) -> str:
+    report = stats.get("decontamination")
+    if not report:
+        return "No decontamination report was recorded for this run."
+    benchmarks = report.get("benchmarks") or []
+    if not benchmarks:
+        return (f"No benchmarks were configured (`decontamination.benchmarks` is empty): "
+                f"{report.get('checked', 0)} problems were not checked against evaluation sets.")
+    text = (f"Problems sharing any word {report['ngram']}-gram with a benchmark problem were dropped before "
+            f"generation: **{report['contaminated']}** of {report['checked']} problems.\n\n")
+    text += _table(["benchmark", "problems indexed"], [[b["name"], b["problems"]] for b in benchmarks])
+    dropped = report.get("dropped") or []
+    if dropped:
+        text += "\n\nDropped problems:\n\n" + _table(
+            ["problem_id", "benchmark", "benchmark row", "shared n-gram"],
+            [[f"`{d['problem_id']}`", d["benchmark"], d["benchmark_index"], f"`{d['ngram']}`"] for d in dropped])
+    return text
+
+
+def _dedupe(stats: dict[str, Any]) -> str:
+    report = stats.get("dedupe")
+    if not report:
+        return "No dedupe report was recorded for this run."
+    if not report.get("enabled", True):
+        return "Dedupe was switched off for this run."
+    return (f"Before generation, exact duplicates (case/whitespace-normalised) and near duplicates (MinHash-LSH, "
+            f"{report['num_perm']} permutations, Jaccard ≥ {report['near_threshold']}) were dropped: "
+            f"**{report['exact']}** exact and **{report['near']}** near duplicates of {report['checked']} problems.")
+
+
+def _training(inputs: CardInputs) -> str:
+    names = [n for n in inputs.config_rows if n == "default" or n == "kd"]
+    snippet = "\n".join(f"  - path: {inputs.repo_id}\n    name: {n}\n    split: train\n    type: chat_template\n"
+                        f"    field_messages: messages" for n in names[:1])
+    text = ("The `default` config is chat-formatted SFT data (`messages`). In an Axolotl config point `datasets` "
+            f"at this repo:\n\n```yaml\ndatasets:\n{snippet}\n```\n\n")
+    if inputs.axolotl_configs:
+        text += "The factory ships ready-made Axolotl configs; set their `datasets.path` to this repo and run:\n\n"
+        text += "\n".join(f"- `make train CONFIG=axolotl_configs/{name}`" for name in inputs.axolotl_configs)
+    else:
+        text += "Then run `axolotl train <config>.yaml` (or `make train CONFIG=...` in the factory repo)."
+    if "kd" in inputs.config_rows:
+        text += ("\n\nThe `kd` config adds the teacher's per-token top-k `logprobs` for knowledge distillation "
+                 "(`distill export --format kd` writes the Axolotl KD layout).")
+    stages = [n for n in inputs.config_rows if n.startswith("curriculum_stage")]
+    if stages:
+        text += (f"\n\nCurriculum: {', '.join(f'`{s}`' for s in stages)} hold the same traces split by problem "
+                 "from easy to hard (higher teacher pass rate first, then shorter traces); train on them in order.")
+    return text
+
+
+def render_card(inputs: CardInputs) -> str:
+    try:
+        spec = yaml.safe_load(inputs.spec_text) or {}
+    except yaml.YAMLError:
+        spec = {}
+    spec = spec if isinstance(spec, dict) else {}
+    stats = inputs.stats
+    tokens = stats.get("tokens") or {}
+    meta = yaml.safe_dump(card_metadata(inputs, spec), sort_keys=False, allow_unicode=True)
+    source = spec.get("source") or {}
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", inputs.spec_text)), default=0))
+    parts = [
+        f"---\n{meta}---\n",
+        f"# {spec.get('name') or inputs.repo_id}\n",
+        (spec.get("description") or "Reasoning traces distilled from a teacher model, verified and filtered.")
+        + "\n",
+        "## Configs\n\n" + _table(["config", "rows"], [[f"`{k}`", v] for k, v in inputs.config_rows.items()]),
+        "## Generation\n\n" + _generation(spec, stats),
+        "## Process reward model\n\n" + _prm(spec),
+        f"## Verification\n\nMethod: `{stats.get('verification') or spec.get('verification', 'math')}`. "
+        f"{stats.get('samples', 0)} samples of {stats.get('problems', 0)} problems; **{stats.get('kept', 0)} kept**, "
+        f"{stats.get('rejected', 0)} rejected. Pass rate: **{stats.get('pass_rate', 0):.2%}**"
+        + (f"; answer correct rate: {stats['correct_rate']:.2%}" if stats.get("correct_rate") is not None else "")
+        + f"; problems with at least one kept trace: {stats.get('problems_with_kept_trace', 0)}.\n\n"
+        + _reasons(stats),
+        "## Token statistics\n\n" + _table(["statistic", "completion tokens"], [[k, v] for k, v in tokens.items()])
+        + (f"\n\n![Trace lengths]({inputs.histogram})" if inputs.histogram else ""),
+        "## Decontamination\n\n" + _decontamination(stats),
+        "## Dedupe\n\n" + _dedupe(stats),
+        f"## Source and licence\n\nProblems from `{source.get('path', '?')}`"
+        + (f" (config `{source['config']}`)" if source.get("config") else "")
+        + f", split `{source.get('split', 'train')}`. Licence of the source: **{spec.get('license') or 'not stated'}**"
+        + ("" if spec.get("license") else " (set `license:` in the spec)") + ".",
+        "## How to train on it\n\n" + _training(inputs),
+        "## Spec used\n\nThe exact spec this dataset was generated from (also in `spec.yaml`):\n\n"
+        f"{fence}yaml\n{inputs.spec_text.rstrip()}\n{fence}",
+    ]
+    return "\n\n".join(p.rstrip() for p in parts) + "\n"
