@@ -38,7 +38,13 @@ def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_i
         curate = CurateTraces(name="curate", verification=spec.verification, prompt=spec.prompt,
                               input_batch_size=batch)
         write = WriteParts(name="write", cache_dir=str(cache_dir), total_problems=total, input_batch_size=batch)
-        load >> generate >> curate >> write
+        if spec.prm is not None:
+            from pipelines.steps.prm import PrmFilter
+
+            prm = PrmFilter(name="prm", prm=spec.prm, input_batch_size=batch)
+            load >> generate >> curate >> prm >> write
+        else:
+            load >> generate >> curate >> write
     return pipeline
 
 
@@ -77,6 +83,8 @@ def run_spec(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path |
     run_info = {"spec": spec.name, "teacher_model": spec.teacher.model, "backend": spec.teacher.backend,
                 "num_samples": spec.teacher.num_samples, "verification": spec.verification,
                 "runs": state["runs"], "wall_time_s": state["wall_time_s"]}
+    if spec.prm is not None:
+        run_info["prm"] = {k: getattr(spec.prm, k) for k in ("model", "style", "backend", "aggregation", "threshold")}
     meta_dir(out_dir).mkdir(parents=True, exist_ok=True)
     (meta_dir(out_dir) / "spec.yaml").write_text(spec_text)
     return finalize(cache_dir, out_dir, spec.output.rows_per_file, run_info)

@@ -1,0 +1,82 @@
+"""``distill prm-score``: add the PRM columns to an existing dataset folder and re-filter it.
+
+DIR2 gets the same layout as DIR (``data-*.parquet`` + ``__meta__/stats.json``), written through
+pipelines.store: scored records go to part files under ``DIR2/.cache/prm-score``, then ``finalize``
+merges them and recomputes the stats (the ``prm`` rejections included). DIR2 may be DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.spec import SpecError
+from pipelines.store import finalize, meta_dir, part_files, write_part
+from prm.filter import score_samples
+
+COMPUTED_STATS = {"problems", "samples", "kept", "rejected", "pass_rate", "correct_rate", "problems_with_kept_trace",
+                  "reasons", "tokens", "tokens_per_s", "finished_at", "prm"}
+
+
+def dataset_shards(in_dir: Path) -> list[Path]:
+    shards = sorted(in_dir.glob("data-*.parquet"))
+    if not shards:
+        raise SpecError(f"--in: no data-*.parquet files in {in_dir}; give a folder written by `distill run`")
+    return shards
+
+
+def _set_pass_rates(parts: list[Path], counts: dict[str, list[int]]) -> None:
+    """Rewrite each part's ``pass_rate`` from the problem's kept fraction over all its samples."""
+    for part in parts:
+        table = pq.read_table(part)
+        rates = [counts[pid][0] / counts[pid][1] for pid in table.column("problem_id").to_pylist()]
+        column = table.schema.get_field_index("pass_rate")
+        table = table.set_column(column, pa.field("pass_rate", pa.float64()), pa.array(rates, pa.float64()))
+        tmp = part.with_name(f".{part.name}.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, part)
+
+
+def _previous_run_info(in_dir: Path) -> dict[str, Any]:
+    stats_file = meta_dir(in_dir) / "stats.json"
+    if not stats_file.exists():
+        return {}
+    return {k: v for k, v in json.loads(stats_file.read_text()).items() if k not in COMPUTED_STATS}
+
+
+def score_dataset(scorer: Any, in_dir: Path, out_dir: Path, chunk_rows: int = 512) -> dict[str, Any]:
+    """Score every shard of ``in_dir`` into ``out_dir``; returns the new stats (with a ``prm`` section)."""
+    shards = dataset_shards(in_dir)
+    run_info = _previous_run_info(in_dir)
+    spec_text = (meta_dir(in_dir) / "spec.yaml").read_text() if (meta_dir(in_dir) / "spec.yaml").exists() else None
+    rows_per_file = max(pq.ParquetFile(s).metadata.num_rows for s in shards) or 1
+    cache = out_dir / ".cache" / "prm-score"
+    shutil.rmtree(cache, ignore_errors=True)
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for shard in shards:
+        for batch in pq.ParquetFile(shard).iter_batches(batch_size=chunk_rows):
+            records = batch.to_pylist()
+            records = score_samples(scorer, records, [r["problem"] for r in records], scorer.cfg.score_rejected)
+            for record in records:
+                counts[record["problem_id"]][0] += bool(record.get("kept"))
+                counts[record["problem_id"]][1] += 1
+            write_part(cache, records)
+    _set_pass_rates(part_files(cache), counts)
+    cfg = scorer.cfg
+    run_info["prm"] = {"model": cfg.model, "style": cfg.style, "backend": cfg.backend,
+                       "aggregation": cfg.aggregation, "threshold": cfg.threshold,
+                       **scorer.stats.as_dict()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if spec_text is not None and in_dir.resolve() != out_dir.resolve():
+        meta_dir(out_dir).mkdir(exist_ok=True)
+        (meta_dir(out_dir) / "spec.yaml").write_text(spec_text)
+    stats = finalize(cache, out_dir, rows_per_file, run_info)
+    shutil.rmtree(cache, ignore_errors=True)
+    return stats

@@ -1,0 +1,99 @@
+"""A loopback vLLM reward-model server: ``POST /pooling`` answered with a local transformers model.
+
+It computes what vLLM's poolers return, independently of prm/backend_transformers (full forward pass,
+no batching): with ``pooling="all"`` one row per token, with ``pooling="step"`` only the rows at the step
+tag token (vLLM's STEP pooler). Rows are ``[P(+), P(-)]`` renormalised over the two tokens
+(math-shepherd, ``returned_token_ids=[+, -]``) or ``softmax(head)`` over the 2 classes (qwen-prm).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+
+class LoopbackPrmServer:
+    """``with LoopbackPrmServer(model_dir, "qwen-prm") as s: s.base_url`` → ``http://127.0.0.1:PORT``."""
+
+    def __init__(self, model_dir: str | Path, style: str, pooling: str = "all", step_tag: str | None = None,
+                 model_name: str = "loopback-prm") -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+        self.style, self.pooling, self.model_name = style, pooling, model_name
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        loader = AutoModelForCausalLM if style == "math-shepherd" else AutoModelForTokenClassification
+        self.model = loader.from_pretrained(model_dir, dtype=torch.float32).eval()
+        tag = step_tag or (" ки" if style == "math-shepherd" else "<extra_0>")
+        self.step_tag_id = self.tokenizer.encode(tag, add_special_tokens=False)[-1]
+        self.returned = [self.tokenizer.encode(t, add_special_tokens=False)[-1] for t in ("+", "-")]
+        self.requests: list[dict[str, Any]] = []
+        self.fail_with: int | None = None
+        self._server: ThreadingHTTPServer | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "server not started"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def rows(self, text: str) -> list[list[float]]:
+        import torch
+
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]  # vLLM's default for /pooling
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids])).logits[0].float()
+        if self.style == "math-shepherd":
+            logits = logits[:, self.returned]
+        probs = torch.softmax(logits, dim=-1)
+        if self.pooling == "step":
+            probs = probs[torch.tensor(ids) == self.step_tag_id]
+        return probs.tolist()
+
+    def pool(self, body: dict[str, Any]) -> dict[str, Any]:
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        with self._lock:
+            self.requests.append(body)
+            data = [{"index": i, "object": "pooling", "data": self.rows(t)} for i, t in enumerate(texts)]
+        return {"id": f"pool-{len(self.requests)}", "object": "list", "model": body.get("model"), "data": data}
+
+    def __enter__(self) -> LoopbackPrmServer:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                if self.path.rstrip("/") != "/pooling":
+                    self._send(404, {"object": "error", "message": f"no route {self.path}"})
+                elif server.fail_with:
+                    self._send(server.fail_with, {"object": "error", "message": "model overloaded"})
+                elif body.get("model") != server.model_name:
+                    self._send(404, {"object": "error", "message": f"The model `{body.get('model')}` does not exist."})
+                else:
+                    self._send(200, server.pool(body))
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
