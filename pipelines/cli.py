@@ -82,6 +82,11 @@ def tiny_model(out: Path = typer.Option(Path("out/tiny-model"), help="Where to w
     typer.echo(str(build_tiny_model(out)))
 
 
+from prm.commands import register as register_prm_commands  # noqa: E402  (prm-score, prm-eval)
+
+register_prm_commands(app)
+
+
 def entrypoint() -> None:
     try:
         app()
