@@ -6,13 +6,12 @@ tokens, and fails the whole batch on one error; this adapter keeps all of them p
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 from typing import Any
 
 from distilabel.models.llms.base import LLM, AsyncLLM
 from pydantic import Field, PrivateAttr
 
+from pipelines.inflight import EndpointPool
 from pipelines.spec import TeacherConfig
 
 
@@ -30,11 +29,10 @@ class VLLMServerLLM(AsyncLLM):
     api_key: str | None = Field(default=None, exclude=True, repr=False)
     timeout: float = 600.0
     max_retries: int = 4
-    max_concurrency: int = 64
+    max_concurrency: int = 64  # requests in flight per endpoint
 
     _clients: list[Any] = PrivateAttr(default_factory=list)
-    _next_client: Any = PrivateAttr(default=None)
-    _semaphore: asyncio.Semaphore | None = PrivateAttr(default=None)
+    _pool: EndpointPool | None = PrivateAttr(default=None)
 
     def load(self) -> None:
         super().load()
@@ -45,16 +43,12 @@ class VLLMServerLLM(AsyncLLM):
                         max_retries=self.max_retries)
             for url in self.base_urls
         ]
-        self._next_client = itertools.cycle(self._clients)
+        # Least-in-flight, not round-robin: a replica stuck on long traces gets fewer new ones.
+        self._pool = EndpointPool(len(self._clients), self.max_concurrency)
 
     @property
     def model_name(self) -> str:
         return self.model
-
-    def _limit(self) -> asyncio.Semaphore:
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self.max_concurrency)
-        return self._semaphore
 
     async def agenerate(  # type: ignore[override]
         self,
@@ -71,9 +65,10 @@ class VLLMServerLLM(AsyncLLM):
         if top_logprobs:
             kwargs.update(logprobs=True, top_logprobs=top_logprobs,
                           extra_body={"return_tokens_as_token_ids": True})
-        async with self._limit():
+        assert self._pool is not None, "call load() first"
+        async with self._pool.lease() as endpoint:
             try:
-                completion = await next(self._next_client).chat.completions.create(**kwargs)
+                completion = await self._clients[endpoint].chat.completions.create(**kwargs)
             except Exception as exc:  # noqa: BLE001 - every failure is recorded per sample
                 return _failed(num_generations, _error_kind(exc))
         return _from_completion(completion, num_generations)
