@@ -1,0 +1,84 @@
+"""``distill export`` and ``distill config``: the factory's dataset → Axolotl files → a runnable config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipelines.spec import SpecError
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def export(
+    dataset_dir: Path = typer.Argument(..., help="A dataset folder written by `distill run`."),
+    format: str = typer.Option("sft", "--format", help="sft (messages) | kd (messages + aligned top-k logprobs)."),  # noqa: A002
+    out: Path = typer.Option(..., help="Folder for the Axolotl files and export.json."),
+    student: Optional[str] = typer.Option(None, help="Student model (path or Hub id); required for kd."),
+    teacher_tokenizer: Optional[str] = typer.Option(None, help="kd: also compare this tokenizer's vocabulary."),
+    file_format: str = typer.Option("parquet", help="parquet | jsonl."),
+    max_seq_len: int = typer.Option(4096, help="Drop conversations longer than this (student tokens)."),
+    min_coverage: float = typer.Option(0.9, help="kd: drop rows whose tokens the teacher covers less than this."),
+    curriculum: bool = typer.Option(False, help="Write stage1 (short traces of easy problems) and stage2."),
+    stage1_min_pass_rate: float = typer.Option(0.75, help="Curriculum: stage-1 problems' minimum pass rate."),
+    stage1_max_length_quantile: float = typer.Option(0.5, help="Curriculum: stage-1 traces' maximum length quantile."),
+) -> None:
+    """Write the kept traces in Axolotl's SFT or KD format (optionally as curriculum stages)."""
+    from pydantic import ValidationError
+
+    from pipelines.axolotl.curriculum import CurriculumConfig
+    from pipelines.axolotl.export import ExportOptions, export_dataset
+
+    try:
+        try:
+            options = ExportOptions(
+                format=format, file_format=file_format, student=student, teacher_tokenizer=teacher_tokenizer,
+                max_seq_len=max_seq_len, min_coverage=min_coverage,
+                curriculum=CurriculumConfig(stage1_min_pass_rate=stage1_min_pass_rate,
+                                            stage1_max_length_quantile=stage1_max_length_quantile)
+                if curriculum else None)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise SpecError(f"--{str(first['loc'][-1]).replace('_', '-')}: {first['msg']}") from None
+        manifest = export_dataset(dataset_dir, out, options)
+    except SpecError as exc:
+        _fail(str(exc))
+    files = ", ".join(f"{f['path']} ({f['rows']} rows)" for f in manifest["files"])
+    typer.echo(f"wrote {out}: {files}; dropped {json.dumps(manifest['dropped'])}"
+               + (f"; kd {json.dumps(manifest['kd'])}" if "kd" in manifest else ""))
+
+
+def config(
+    method: str = typer.Argument(..., help="sft | kd | kd-online."),
+    dataset: Path = typer.Option(..., help="A folder written by `distill export`."),
+    student: str = typer.Option(..., help="Student model (path or Hub id)."),
+    out: Path = typer.Option(..., help="The config file to write (curriculum: <stem>-stage1.yaml, -stage2.yaml)."),
+    template: Optional[str] = typer.Option(None, help="A template in axolotl_configs/ or a YAML path."),
+    output_dir: Optional[Path] = typer.Option(None, help="Where Axolotl writes the model (out/train/<stem>)."),
+    prepared_dir: Optional[Path] = typer.Option(None, help="Axolotl's tokenised-dataset cache (out/prepared/<stem>)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a top-level key: --set max_steps=100."),
+    smoke: bool = typer.Option(False, help="A few float32 steps on CPU (plumbing check, tests)."),
+) -> None:
+    """Render a complete Axolotl config for an export from the templates in axolotl_configs/."""
+    from pipelines.axolotl.configs import parse_overrides, write_configs
+    from pipelines.axolotl.export import read_manifest
+
+    try:
+        manifest = read_manifest(dataset)
+        paths = write_configs(method, dataset, manifest, student, out, template=template, output_dir=output_dir,
+                              prepared_dir=prepared_dir, overrides=parse_overrides(set_ or []), smoke=smoke)
+    except SpecError as exc:
+        _fail(str(exc))
+    for path in paths:
+        typer.echo(f"wrote {path}: make train CONFIG={path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)
+    app.command("config")(config)

@@ -1,0 +1,181 @@
+"""Render runnable Axolotl configs from the commented templates in ``axolotl_configs/``.
+
+The templates are complete configs; rendering rewrites the values of a few keys in the text (the student, the
+exported files, the output folders, the sequence length) and keeps every comment. A curriculum export gives
+two configs, stage 2 starting from stage 1's output.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.spec import SpecError
+
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "axolotl_configs"
+METHODS = {"sft": "sft-qwen2.5-1.5b.yaml", "kd": "kd-qwen2.5-1.5b.yaml", "kd-online": "kd-online-qwen2.5-1.5b.yaml"}
+DELETE = object()  # a value that removes the key
+# A few steps on CPU in float32: for tests and plumbing checks, never for a real run.
+SMOKE: dict[str, Any] = {
+    "max_steps": 3, "num_epochs": 1, "micro_batch_size": 1, "gradient_accumulation_steps": 1, "val_set_size": 0.0,
+    "logging_steps": 1, "save_strategy": "no", "evals_per_epoch": DELETE, "saves_per_epoch": DELETE,
+    "save_total_limit": DELETE, "warmup_ratio": DELETE, "optimizer": "adamw_torch", "lr_scheduler": "constant",
+    "learning_rate": 1.0e-3, "bf16": False, "fp16": False, "tf32": False, "flash_attention": False,
+    "gradient_checkpointing": False, "sample_packing": False, "pad_to_sequence_len": False, "deepspeed": DELETE,
+    "fsdp_version": DELETE, "fsdp_config": DELETE, "dataloader_num_workers": 0,
+}
+_SCALAR = (str, int, float, bool, type(None))
+
+
+def _dump_scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()
+
+
+def _block_end(lines: list[str], start: int) -> int:
+    """One past the last line of the top-level key at ``start`` (its indented block, not trailing blanks)."""
+    end = start + 1
+    while end < len(lines) and (lines[end].startswith((" ", "\t")) or not lines[end].strip()):
+        end += 1
+    while end > start + 1 and not lines[end - 1].strip():
+        end -= 1
+    return end
+
+
+def set_key(text: str, key: str, value: Any) -> str:
+    """Set (or with DELETE remove) a top-level key, keeping the other lines and a scalar's inline comment."""
+    lines = text.splitlines()
+    pattern = re.compile(rf"^{re.escape(key)}:(?P<value>[^#]*?)(?P<comment>\s+#.*)?$")
+    index = next((i for i, line in enumerate(lines) if pattern.match(line)), None)
+    if value is DELETE:
+        if index is not None:
+            del lines[index:_block_end(lines, index)]
+        return "\n".join(lines) + "\n"
+    if isinstance(value, _SCALAR):
+        new = [f"{key}: {_dump_scalar(value)}"]
+    else:
+        new = yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=False).rstrip().splitlines()
+    if index is None:
+        return "\n".join(lines + ["", "# set by `distill config`", *new]) + "\n"
+    match = pattern.match(lines[index])
+    end = _block_end(lines, index)
+    if isinstance(value, _SCALAR) and match and match.group("comment") and end == index + 1:
+        new[0] += match.group("comment")
+    lines[index:end] = new
+    return "\n".join(lines) + "\n"
+
+
+def set_dataset_keys(text: str, values: dict[str, Any]) -> str:
+    """Set keys of the first ``datasets`` entry in place (its comments stay)."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("datasets:")), None)
+    if start is None:
+        raise SpecError("--template: the template has no `datasets:` section")
+    end = _block_end(lines, start)
+    for key, value in values.items():
+        pattern = re.compile(rf"^(?P<lead>\s+(?:- )?){re.escape(key)}:(?P<value>[^#]*?)(?P<comment>\s+#.*)?$")
+        hit = next((i for i in range(start + 1, end) if pattern.match(lines[i])), None)
+        if hit is None:  # add it after the entry's first line, with the entry's indentation
+            lead = re.match(r"^(\s+)(- )?", lines[start + 1])
+            indent = " " * (len(lead.group(1)) + (2 if lead.group(2) else 0))
+            lines.insert(start + 2, f"{indent}{key}: {_dump_scalar(value)}")
+            end += 1
+            continue
+        match = pattern.match(lines[hit])
+        lines[hit] = f"{match.group('lead')}{key}: {_dump_scalar(value)}{match.group('comment') or ''}"
+    return "\n".join(lines) + "\n"
+
+
+def render(template_text: str, top_level: dict[str, Any], dataset: dict[str, Any]) -> str:
+    """The template with the given values; checked by reading it back."""
+    text = set_dataset_keys(template_text, dataset)
+    for key, value in top_level.items():
+        text = set_key(text, key, value)
+    config = yaml.safe_load(text)
+    for key, value in top_level.items():
+        assert (key not in config) if value is DELETE else config.get(key) == value, key
+    for key, value in dataset.items():
+        assert config["datasets"][0].get(key) == value, key
+    return text
+
+
+def template_path(method: str, template: str | None) -> Path:
+    if method not in METHODS:
+        raise SpecError(f"METHOD: {method!r} is not one of {', '.join(METHODS)}")
+    name = template or METHODS[method]
+    path = Path(name) if Path(name).is_file() else TEMPLATES_DIR / name
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.name for p in TEMPLATES_DIR.glob("*.yaml")))
+        raise SpecError(f"--template: {name!r} not found; give a YAML path or one of: {shipped}")
+    return path
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs (values in YAML: 3, false, 1e-4, text) → a dict."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise SpecError(f"--set: {pair!r} is not KEY=VALUE with a top-level Axolotl key")
+        out[key] = yaml.safe_load(raw) if raw else None
+    return out
+
+
+def _check_export(method: str, manifest: dict[str, Any], student: str) -> None:
+    if method == "kd" and manifest["format"] != "kd":
+        raise SpecError("--dataset: an SFT export has no teacher logprobs; export with --format kd for offline KD, "
+                        "or use METHOD kd-online")
+    if method == "kd" and manifest.get("student") != student:
+        raise SpecError(f"--student: the KD export was aligned to {manifest.get('student')!r}'s tokens; use that "
+                        f"student or re-export with --student {student}")
+
+
+def stage_values(method: str, manifest: dict[str, Any], export_dir: Path, student: str, output_dir: Path,
+                 prepared_dir: Path) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """Per config to write: (stage name, top-level values, first-dataset values)."""
+    _check_export(method, manifest, student)
+    dataset: dict[str, Any] = {"ds_type": "json" if manifest["file_format"] == "jsonl" else "parquet"}
+    if method == "kd" and manifest.get("teacher_temperature"):
+        dataset["temperature"] = manifest["teacher_temperature"]
+    common: dict[str, Any] = {}
+    if manifest.get("longest_seq_len"):
+        common["sequence_len"] = manifest["max_seq_len"]
+    files = manifest["files"]
+    if len(files) == 1:
+        return [("train", {"base_model": student, **common, "output_dir": str(output_dir),
+                           "dataset_prepared_path": str(prepared_dir)},
+                 {"path": str((export_dir / files[0]["path"]).resolve()), **dataset})]
+    stages = []
+    previous = None
+    for entry in files:  # stage1 then stage2: each starts from the previous stage's model
+        stage_out = output_dir / entry["stage"]
+        stages.append((entry["stage"], {
+            "base_model": str(previous) if previous else student, **common, "output_dir": str(stage_out),
+            "dataset_prepared_path": str(prepared_dir / entry["stage"]),
+            # keep the exported easy-to-hard order inside a stage
+            "shuffle_merged_datasets": False, "curriculum_sampling": True,
+        }, {"path": str((export_dir / entry["path"]).resolve()), **dataset}))
+        previous = stage_out
+    return stages
+
+
+def write_configs(method: str, export_dir: Path, manifest: dict[str, Any], student: str, out: Path,
+                  template: str | None = None, output_dir: Path | None = None, prepared_dir: Path | None = None,
+                  overrides: dict[str, Any] | None = None, smoke: bool = False) -> list[Path]:
+    """Render one config (or one per curriculum stage: ``<out>-stage1.yaml`` …); returns the paths written."""
+    text = template_path(method, template).read_text(encoding="utf-8")
+    output_dir = output_dir or Path("out/train") / out.stem
+    prepared_dir = prepared_dir or Path("out/prepared") / out.stem
+    written = []
+    for stage, top_level, dataset in stage_values(method, manifest, export_dir, student, output_dir, prepared_dir):
+        values = {**top_level, **(SMOKE if smoke else {}), **(overrides or {})}
+        path = out if stage == "train" else out.with_name(f"{out.stem}-{stage}{out.suffix or '.yaml'}")
+        header = (f"# Rendered by `distill config {method}` from {template_path(method, template).name} for "
+                  f"{export_dir}" + (f" ({stage})" if stage != "train" else "") + (" [smoke profile]" if smoke else "")
+                  + "\n")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + render(text, values, dataset), encoding="utf-8")
+        written.append(path)
+    return written
