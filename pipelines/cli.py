@@ -74,6 +74,44 @@ def run(
                f"kept {stats['kept']} ({stats['pass_rate']:.1%}); reasons {json.dumps(stats['reasons'])}")
 
 
+OFFLINE_BANNER = (
+    "OFFLINE demo: a tiny random local model stands in for the teacher. Everything below is real "
+    "(Distilabel pipeline, parsing, verification, parquet, stats) but the model's output is plumbing, "
+    "not reasoning: expect nearly every sample rejected (no_thought)."
+)
+
+
+@app.command()
+def demo(
+    offline: bool = typer.Option(False, "--offline", help="Use a tiny local random model (no network)."),
+    out: Path = typer.Option(Path("out/demo"), help="Output folder."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N problems."),
+) -> None:
+    """Run the shipped demo spec: Qwen2.5-0.5B-Instruct in-process on CPU, or a tiny local model offline."""
+    from pipelines.run import run_spec
+    from pipelines.tiny_model import build_tiny_model
+
+    dataset, text = load_spec("demo")
+    if offline:
+        typer.echo(OFFLINE_BANNER)
+        model_dir = build_tiny_model(out.parent / "tiny-model")
+        dataset.teacher = dataset.teacher.model_copy(update={"model": str(model_dir.resolve()), "max_new_tokens": 48})
+    else:
+        typer.echo(f"demo: teacher {dataset.teacher.model} in-process on CPU (downloads it once; "
+                   "without network use `make demo OFFLINE=1`)")
+    try:
+        stats = run_spec(dataset, text, out, limit=limit)
+    except SpecError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"teacher.model: cannot load {dataset.teacher.model!r} ({type(exc).__name__}); "
+             "check the network or run `make demo OFFLINE=1`")
+    typer.echo(f"wrote {out}: {stats['samples']} samples of {stats['problems']} problems, kept {stats['kept']} "
+               f"({stats['pass_rate']:.1%}); reasons {json.dumps(stats['reasons'])}")
+    typer.echo(f"inspect: python -c \"import pandas as pd; print(pd.read_parquet('{out}'))\"; "
+               f"stats in {out}/__meta__/stats.json")
+
+
 @app.command("tiny-model")
 def tiny_model(out: Path = typer.Option(Path("out/tiny-model"), help="Where to write it.")) -> None:
     """Build a tiny random Qwen2 model + tokenizer locally (for offline demos and tests)."""
@@ -85,6 +123,14 @@ def tiny_model(out: Path = typer.Option(Path("out/tiny-model"), help="Where to w
 from prm.commands import register as register_prm_commands  # noqa: E402  (prm-score, prm-eval)
 
 register_prm_commands(app)
+
+from pipelines.publish.commands import register as register_publish_command  # noqa: E402  (publish)
+
+register_publish_command(app)
+
+from pipelines.axolotl.commands import register as register_axolotl_commands  # noqa: E402  (export, config)
+
+register_axolotl_commands(app)
 
 
 def entrypoint() -> None:
