@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from pipelines.axolotl.curriculum import CurriculumConfig
 from pipelines.spec import TeacherConfig
 
 
@@ -130,9 +131,12 @@ def _training(inputs: CardInputs) -> str:
         text += ("\n\nThe `kd` config adds the teacher's per-token top-k `logprobs` for knowledge distillation "
                  "(`distill export --format kd` writes the Axolotl KD layout).")
     stages = [n for n in inputs.config_rows if n.startswith("curriculum_stage")]
+    curriculum = CurriculumConfig()
     if stages:
-        text += (f"\n\nCurriculum: {', '.join(f'`{s}`' for s in stages)} hold the same traces split by problem "
-                 "from easy to hard (higher teacher pass rate first, then shorter traces); train on them in order.")
+        text += (f"\n\nCurriculum: {', '.join(f'`{s}`' for s in stages)} hold the same traces split as "
+                 "`distill export --curriculum` does: stage 1 is the short traces of easy problems (teacher pass "
+                 f"rate ≥ {curriculum.stage1_min_pass_rate}, length ≤ the {curriculum.stage1_max_length_quantile} "
+                 "quantile), stage 2 the rest, each from easy to hard; train on them in order.")
     return text
 
 

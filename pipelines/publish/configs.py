@@ -8,10 +8,11 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.axolotl.curriculum import CurriculumConfig, split_stages
+
 SFT_COLUMNS = ["problem_id", "sample_index", "problem", "gold", "answer", "messages", "teacher_model",
                "completion_tokens", "pass_rate", "prm_score"]
 KD_COLUMNS = ["tokens", "token_logprobs", "logprobs"]
-CURRICULUM_STAGES = 3
 
 
 def kept_traces(table: pa.Table) -> pa.Table:
@@ -35,36 +36,28 @@ def kd_table(kept: pa.Table) -> pa.Table | None:
     return with_logprobs.select([c for c in SFT_COLUMNS + KD_COLUMNS if c in kept.column_names])
 
 
-def curriculum_stages(kept: pa.Table, stages: int = CURRICULUM_STAGES) -> dict[str, pa.Table]:
-    """Easy to hard by problem: higher pass rate first, then shorter kept traces; equal problem counts per stage.
+def curriculum_stages(kept: pa.Table, config: CurriculumConfig | None = None) -> dict[str, pa.Table]:
+    """Issue 4's cold-start curriculum (``pipelines.axolotl.curriculum.split_stages``) on completion tokens:
+    stage 1 = short traces of easy problems, stage 2 = the rest, each ordered easy to hard.
 
-    All samples of a problem stay in one stage. Returns ``{}`` when there are fewer problems than stages
-    or the columns are missing.
+    Returns ``{}`` when the columns are missing or a stage would be empty.
     """
-    if stages < 2 or not {"pass_rate", "completion_tokens", "problem_id"} <= set(kept.column_names):
+    if not {"pass_rate", "completion_tokens"} <= set(kept.column_names) or kept.num_rows == 0:
         return {}
-    rows = kept.select(["problem_id", "pass_rate", "completion_tokens"]).to_pylist()
-    per_problem: dict[str, list[float]] = {}
-    for row in rows:
-        entry = per_problem.setdefault(row["problem_id"], [row["pass_rate"] or 0.0, 0.0, 0])
-        entry[1] += row["completion_tokens"] or 0
-        entry[2] += 1
-    if len(per_problem) < stages:
+    lengths = [t or 0 for t in kept.column("completion_tokens").to_pylist()]
+    first, second = split_stages(kept.column("pass_rate").to_pylist(), lengths, config or CurriculumConfig())
+    if not first or not second:
         return {}
-    order = sorted(per_problem, key=lambda pid: (-per_problem[pid][0], per_problem[pid][1] / per_problem[pid][2],
-                                                 pid))
-    stage_of = {pid: position * stages // len(order) for position, pid in enumerate(order)}
-    stage_column = pa.array([stage_of[pid] for pid in kept.column("problem_id").to_pylist()], pa.int64())
     sft = sft_table(kept)
-    return {f"curriculum_stage{k + 1}": sft.filter(pc.equal(stage_column, k)) for k in range(stages)}
+    return {"curriculum_stage1": sft.take(first), "curriculum_stage2": sft.take(second)}
 
 
-def hub_configs(table: pa.Table, stages: int = CURRICULUM_STAGES) -> dict[str, pa.Table]:
+def hub_configs(table: pa.Table, curriculum: CurriculumConfig | None = None) -> dict[str, pa.Table]:
     """Config name → table, in the order they appear on the card (``default`` first)."""
     kept = kept_traces(table)
     configs = {"default": sft_table(kept)}
     kd = kd_table(kept)
     if kd is not None:
         configs["kd"] = kd
-    configs.update(curriculum_stages(kept, stages))
+    configs.update(curriculum_stages(kept, curriculum))
     return configs

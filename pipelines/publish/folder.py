@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.publish.card import CardInputs, render_card
-from pipelines.publish.configs import CURRICULUM_STAGES, hub_configs
+from pipelines.publish.configs import hub_configs
 from pipelines.publish.histogram import plot_trace_lengths
 from pipelines.spec import SpecError
 from pipelines.store import meta_dir
@@ -64,12 +64,12 @@ def _write_config(out: Path, name: str, table: pa.Table) -> list[str]:
     return names
 
 
-def build_folder(dataset_dir: Path, out: Path, repo_id: str, stages: int = CURRICULUM_STAGES) -> PublishFolder:
+def build_folder(dataset_dir: Path, out: Path, repo_id: str) -> PublishFolder:
     """Write the Hub layout of ``dataset_dir`` into ``out`` (which must be new or empty)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SpecError(f"--dry-run: {str(out)!r} is not empty; give a new or empty folder")
     table, stats, spec_text = read_dataset(dataset_dir)
-    configs = hub_configs(table, stages)
+    configs = hub_configs(table)
     out.mkdir(parents=True, exist_ok=True)
     files: list[str] = []
     for name, config_table in configs.items():
