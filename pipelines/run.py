@@ -18,6 +18,7 @@ log = logging.getLogger("distill")
 def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_ids: set[str],
                    api_key: str | None = None, total: int | None = None) -> Any:
     from distilabel.pipeline import Pipeline
+    from distilabel.steps import StepResources
 
     from pipelines.steps.curate import CurateTraces
     from pipelines.steps.generate import TeacherGeneration
@@ -34,7 +35,9 @@ def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_i
                             report_dir=str(cache_dir))
         generate = TeacherGeneration(name="generate", llm=llm, prompt=spec.prompt,
                                      num_samples=spec.teacher.num_samples,
-                                     max_new_tokens=spec.teacher.max_new_tokens, input_batch_size=batch)
+                                     max_new_tokens=spec.teacher.max_new_tokens, input_batch_size=batch,
+                                     dispatch=spec.run.dispatch,
+                                     resources=StepResources(replicas=spec.run.generate_replicas))
         curate = CurateTraces(name="curate", verification=spec.verification, prompt=spec.prompt,
                               input_batch_size=batch)
         write = WriteParts(name="write", cache_dir=str(cache_dir), total_problems=total, input_batch_size=batch)

@@ -87,6 +87,16 @@ class OutputConfig(_Strict):
 
 class RunConfig(_Strict):
     batch_size: int = Field(64, ge=1)
+    # How generation feeds an HTTP teacher: "window" keeps teacher.max_concurrency requests in flight per
+    # endpoint across batches; "batch" sends a batch and waits for all of it (Distilabel's way; comparison).
+    dispatch: Literal["window", "batch"] = "window"
+    generate_replicas: int = Field(1, ge=1)  # copies of the generation step; only with dispatch "batch"
+
+    @model_validator(mode="after")
+    def _replicas_need_batch(self) -> RunConfig:
+        if self.generate_replicas > 1 and self.dispatch == "window":
+            raise ValueError("generate_replicas > 1 needs dispatch: batch (one window already fills the teacher)")
+        return self
 
 
 class DedupeConfig(_Strict):
