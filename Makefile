@@ -46,7 +46,8 @@ preprocess: ## Tokenise a config's datasets: make preprocess CONFIG=...
 	@test -n "$(CONFIG)" || { echo "error: CONFIG is required: make preprocess CONFIG=axolotl_configs/<file>.yaml"; exit 2; }
 	$(TRAIN_ENV) $(VENV_TRAIN)/bin/axolotl preprocess $(CONFIG) $(ARGS)
 
-publish: ## Push a dataset folder to the Hub: make publish DATASET=out/gsm8k REPO=owner/name
+publish: ## Push a dataset folder to the Hub: make publish DATASET=out/gsm8k REPO=owner/name (ARGS="--dry-run DIR")
+	@test -n "$(REPO)" || { echo "error: REPO is required: make publish DATASET=out/<name> REPO=owner/name"; exit 2; }
 	$(DISTILL) publish $(DATASET) --repo-id $(REPO) $(ARGS)
 
 bench: ## Generation throughput against the teacher simulator

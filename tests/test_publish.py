@@ -152,6 +152,19 @@ def test_push_uploads_exactly_the_dry_run_folder(dataset: Path, tmp_path: Path) 
     assert all(c.authorized for c in hub.calls if c.endpoint != "unknown")
 
 
+def test_push_through_the_lfs_protocol(dataset: Path, tmp_path: Path) -> None:
+    """Parquet and PNG as LFS objects (batch API + PUT), as the Hub stores them when Xet is off."""
+    dry = tmp_path / "dry"
+    run_distill("publish", dataset, "--repo-id", REPO, "--dry-run", dry, env=_hub_env(None, tmp_path))
+    with LoopbackHub(token=TOKEN, lfs_suffixes=(".parquet", ".png")) as hub:
+        run_distill("publish", dataset, "--repo-id", REPO, env={**_hub_env(hub, tmp_path), "HF_HUB_DISABLE_XET": "1"})
+    expected = {str(p.relative_to(dry)): p.read_bytes() for p in dry.rglob("*") if p.is_file()}
+    assert hub.repos[REPO].files == expected
+    lfs_files = [name for name in expected if name.endswith((".parquet", ".png"))]
+    assert len(hub.calls_to("lfs-upload")) == len(lfs_files) == len(hub.lfs_objects)
+    assert hub.calls_to("lfs-batch") and all(c.authorized for c in hub.calls_to("lfs-batch"))
+
+
 def _publish_error(dataset: Path, tmp_path: Path, env: dict) -> str:
     before = _snapshot(dataset)
     result = run_distill("publish", dataset, "--repo-id", REPO, "--retry-wait", "0.05", env=env, check=False)

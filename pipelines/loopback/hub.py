@@ -3,7 +3,9 @@
 Point the real client at it with ``HF_ENDPOINT=hub.endpoint``. It implements repo creation
 (``POST /api/repos/create``), repo info (``GET /api/{type}s/{id}[/revision/{rev}]``), the preupload check
 (``POST /api/{type}s/{id}/preupload/{rev}``, every file answered ``regular`` so its bytes travel inline)
-and the NDJSON commit (``POST /api/{type}s/{id}/commit/{rev}``). It records every call and the files of
+and the NDJSON commit (``POST /api/{type}s/{id}/commit/{rev}``). With ``lfs_suffixes`` those files are
+answered ``lfs`` instead and travel by the basic LFS protocol (batch API, then a PUT), which the client
+uses when ``HF_HUB_DISABLE_XET=1`` (Xet storage is not emulated). It records every call and the files of
 each commit, and can be told to answer errors (``fail``) to test retries and error messages.
 Repo ids are one namespace across types here, so a dataset push onto a model id answers 409.
 """
@@ -28,6 +30,9 @@ ROUTES = [
     ("POST", "commit", re.compile(rf"^/api/{_REPO}/commit/(?P<rev>[^/]+)$")),
     ("GET", "info", re.compile(rf"^/api/{_REPO}(?:/revision/(?P<rev>[^/]+))?$")),
     ("POST", "validate-yaml", re.compile(r"^/api/validate-yaml$")),
+    ("POST", "lfs-batch",
+     re.compile(r"^/(?:(?P<type>dataset|space)s/)?(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch$")),
+    ("PUT", "lfs-upload", re.compile(r"^/lfs-upload/(?P<oid>[0-9a-f]{64})$")),
 ]
 
 
@@ -51,7 +56,7 @@ class Repo:
 class Call:
     method: str
     path: str
-    endpoint: str  # create | preupload | commit | info | validate-yaml | unknown
+    endpoint: str  # create | preupload | commit | info | validate-yaml | lfs-batch | lfs-upload | unknown
     authorized: bool
     status: int = 200
 
@@ -59,9 +64,11 @@ class Call:
 class LoopbackHub:
     """Context manager: ``with LoopbackHub(token="hf_x") as hub: hub.endpoint`` → ``http://127.0.0.1:PORT``."""
 
-    def __init__(self, token: str | None = None, user: str = "tester") -> None:
+    def __init__(self, token: str | None = None, user: str = "tester", lfs_suffixes: tuple[str, ...] = ()) -> None:
         self.token = token
         self.user = user
+        self.lfs_suffixes = lfs_suffixes
+        self.lfs_objects: dict[str, bytes] = {}
         self.calls: list[Call] = []
         self.repos: dict[str, Repo] = {}
         self._failures: list[dict[str, Any]] = []
@@ -134,6 +141,21 @@ class LoopbackHub:
                 return 400, {"errors": [{"message": message}]}, {}
         return 200, {"warnings": []}, {}
 
+    def _lfs_batch(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        objects = []
+        for obj in body.get("objects", []):
+            entry = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
+            if obj["oid"] not in self.lfs_objects:
+                entry["actions"] = {"upload": {"href": f"{self.endpoint}/lfs-upload/{obj['oid']}"}}
+            objects.append(entry)
+        return 200, {"transfer": "basic", "objects": objects}, {}
+
+    def _lfs_upload(self, match: re.Match[str], raw: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if hashlib.sha256(raw).hexdigest() != match["oid"]:
+            return 400, {"error": "content does not match its sha256"}, {}
+        self.lfs_objects[match["oid"]] = raw
+        return 200, {}, {}
+
     def _info(self, match: re.Match[str]) -> tuple[int, dict[str, Any], dict[str, str]]:
         repo = self._repo(match)
         if repo is None:
@@ -145,8 +167,8 @@ class LoopbackHub:
     def _preupload(self, match: re.Match[str], body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         if self._repo(match) is None:
             return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
-        files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
-                 for f in body.get("files", [])]
+        files = [{"path": f["path"], "uploadMode": "lfs" if f["path"].endswith(self.lfs_suffixes) else "regular",
+                  "shouldIgnore": False, "oid": None} for f in body.get("files", [])]
         return 200, {"files": files, "commitOid": None}, {}
 
     def _commit(self, match: re.Match[str], raw: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -159,6 +181,10 @@ class LoopbackHub:
             value = line["value"]
             if line["key"] == "file":
                 added[value["path"]] = base64.b64decode(value["content"])
+            elif line["key"] == "lfsFile":
+                if value["oid"] not in self.lfs_objects:
+                    return 400, {"error": f"LFS object {value['oid']} of {value['path']} was never uploaded"}, {}
+                added[value["path"]] = self.lfs_objects[value["oid"]]
             elif line["key"] in ("deletedFile", "deletedFolder"):
                 repo.files = {k: v for k, v in repo.files.items()
                               if k != value["path"] and not k.startswith(value["path"].rstrip("/") + "/")}
@@ -173,7 +199,8 @@ class LoopbackHub:
     def handle(self, method: str, path: str, auth: str | None, raw: bytes) -> tuple[int, Any, dict[str, str]]:
         path = path.split("?", 1)[0]
         name, match = _route(method, path)
-        authorized = self.token is None or auth == f"Bearer {self.token}"
+        # The upload URL handed out by the LFS batch answer is pre-signed, like S3's: no token there.
+        authorized = self.token is None or auth == f"Bearer {self.token}" or name == "lfs-upload"
         call = Call(method, path, name, authorized)
         with self._lock:
             self.calls.append(call)
@@ -188,6 +215,10 @@ class LoopbackHub:
             status, body, headers = self._create(json.loads(raw or b"{}"))
         elif name == "validate-yaml":
             status, body, headers = self._validate_yaml(json.loads(raw or b"{}"))
+        elif name == "lfs-batch":
+            status, body, headers = self._lfs_batch(json.loads(raw or b"{}"))
+        elif name == "lfs-upload":
+            status, body, headers = self._lfs_upload(match, raw)
         elif name == "info":
             status, body, headers = self._info(match)
         elif name == "preupload":
@@ -204,8 +235,7 @@ class LoopbackHub:
             protocol_version = "HTTP/1.1"
 
             def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
+                raw = self._body()
                 status, body, headers = hub.handle(self.command, self.path, self.headers.get("Authorization"), raw)
                 data = json.dumps(body).encode()
                 self.send_response(status)
@@ -217,6 +247,17 @@ class LoopbackHub:
                     self.send_header(key, value)
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    chunks = []
+                    while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                    self.rfile.readline()
+                    return b"".join(chunks)
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
 
             do_GET = do_POST = do_PUT = _serve
 
