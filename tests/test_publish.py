@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import socket
 from pathlib import Path
 
@@ -95,6 +96,18 @@ def test_run_filters_planted_and_near_duplicate(dataset: Path) -> None:
     assert PLANTED not in problems and NEAR_DUP not in problems and NEAR_BASE in problems
     assert stats["problems"] == len(PROBLEMS) - 2
     assert stats["kept"] > 0 and stats["rejected"] > 0
+
+
+def test_resumed_run_drops_the_same_problems(dataset: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "out"
+    shutil.copytree(dataset, copy)
+    (copy / ".cache" / "filters.json").unlink()  # the rerun must find the same problems to drop by itself
+    first = json.loads((dataset / "__meta__" / "stats.json").read_text())
+    run_distill("run", dataset.parent / "gsm-publish.yaml", "--out", copy)  # all done: no teacher needed
+    again = json.loads((copy / "__meta__" / "stats.json").read_text())
+    assert again["runs"] == first["runs"] + 1
+    for key in ("dedupe", "decontamination", "reasons", "kept", "problems"):
+        assert again[key] == first[key], key
 
 
 def test_dry_run_folder_loads_and_card_holds_the_stats(dataset: Path, tmp_path: Path) -> None:
