@@ -44,6 +44,18 @@ def _set_pass_rates(parts: list[Path], counts: dict[str, list[int]]) -> None:
         os.replace(tmp, part)
 
 
+def _rows_per_file(spec_text: str | None, shards: list[Path]) -> int:
+    """The spec's output.rows_per_file, so DIR2 is sharded like DIR; without a spec, the largest shard."""
+    import yaml
+
+    from pipelines.spec import OutputConfig
+
+    spec = yaml.safe_load(spec_text) if spec_text else None
+    if isinstance(spec, dict):
+        return int((spec.get("output") or {}).get("rows_per_file") or OutputConfig().rows_per_file)
+    return max(pq.ParquetFile(s).metadata.num_rows for s in shards) or 1
+
+
 def _previous_run_info(in_dir: Path) -> dict[str, Any]:
     stats_file = meta_dir(in_dir) / "stats.json"
     if not stats_file.exists():
@@ -56,7 +68,7 @@ def score_dataset(scorer: Any, in_dir: Path, out_dir: Path, chunk_rows: int = 51
     shards = dataset_shards(in_dir)
     run_info = _previous_run_info(in_dir)
     spec_text = (meta_dir(in_dir) / "spec.yaml").read_text() if (meta_dir(in_dir) / "spec.yaml").exists() else None
-    rows_per_file = max(pq.ParquetFile(s).metadata.num_rows for s in shards) or 1
+    rows_per_file = _rows_per_file(spec_text, shards)
     cache = out_dir / ".cache" / "prm-score"
     shutil.rmtree(cache, ignore_errors=True)
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -29,10 +30,14 @@ def tiny_prm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_prm(tmp_path_factory.mktemp("tiny-prm") / "prm")
 
 
+@functools.cache
+def _load(model_dir: Path, loader: type) -> tuple:
+    return AutoTokenizer.from_pretrained(model_dir), loader.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
 def direct_math_shepherd(model_dir: Path, problem: str, steps: list[str], tag: str = " ки") -> list[float]:
     """Math-Shepherd's own recipe: one trace, full logits, tag positions by token id."""
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tok, model = _load(Path(model_dir), AutoModelForCausalLM)
     plus, minus = tok.encode("+", add_special_tokens=False)[-1], tok.encode("-", add_special_tokens=False)[-1]
     tag_id = tok.encode(tag, add_special_tokens=False)[-1]
     text = f"{problem} " + "".join(f"{s}{tag}\n" for s in steps)
@@ -44,8 +49,7 @@ def direct_math_shepherd(model_dir: Path, problem: str, steps: list[str], tag: s
 
 def direct_qwen_prm(model_dir: Path, problem: str, steps: list[str], system: str) -> list[float]:
     """Qwen2.5-Math-PRM's model-card recipe: chat template, softmax(logits)[..., 1] at <extra_0>."""
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForTokenClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tok, model = _load(Path(model_dir), AutoModelForTokenClassification)
     messages = [{"role": "system", "content": system}, {"role": "user", "content": problem},
                 {"role": "assistant", "content": "<extra_0>".join(steps) + "<extra_0>"}]
     ids = torch.tensor([tok.encode(tok.apply_chat_template(messages, tokenize=False))])

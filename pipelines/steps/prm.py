@@ -1,7 +1,5 @@
 """Score each kept thought step by step with a process reward model; reject traces under the threshold."""
 
-from __future__ import annotations
-
 from typing import Any
 
 from distilabel.steps import Step, StepInput
