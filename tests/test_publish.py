@@ -160,6 +160,7 @@ def test_push_uploads_exactly_the_dry_run_folder(dataset: Path, tmp_path: Path) 
     assert repo.type == "dataset" and repo.private and len(repo.commits) == 1
     expected = {str(p.relative_to(dry)): p.read_bytes() for p in dry.rglob("*") if p.is_file()}
     assert repo.files == expected
+    assert not [name for name, data in repo.files.items() if TOKEN.encode() in data]
     assert [c.endpoint for c in hub.calls if c.endpoint != "unknown"] == ["create", "validate-yaml", "preupload",
                                                                         "commit"]
     assert all(c.authorized for c in hub.calls if c.endpoint != "unknown")
