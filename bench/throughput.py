@@ -1,0 +1,224 @@
+"""Generation throughput: `distill run` against a raw constant-in-flight client, on the same simulated teacher.
+
+For each slot count, one run measures (a) the ceiling: a plain asyncio client (the OpenAI SDK, as the
+pipeline uses) keeping exactly ``slots`` requests in flight per endpoint, and (b) ``distill run`` with the
+project's generation stage (one variant or more: ``window``, ``batch``, ``batch:replicas=4``,
+``window:batch_size=256``). Both send the same prompts, so the simulator gives them the same work.
+Requests/s and tokens/s are taken over the simulator's span (first request in, last answer out);
+the end-to-end ratio adds the pipeline's start-up and dataset writing.
+
+    .venv/bin/python bench/throughput.py --slots 64 256 --requests 2560
+    .venv/bin/python bench/throughput.py --instant --requests 20000     # per-row overhead, instant teacher
+
+Exits non-zero only when a measurement could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from teacher_sim import SimConfig, spawn  # noqa: E402
+
+from pipelines.prompt import build_messages  # noqa: E402
+from pipelines.spec import PromptConfig  # noqa: E402
+
+MAX_TOKENS = 32768  # above the simulator's longest trace: nothing is truncated
+
+
+def write_problems(path: Path, count: int) -> Path:
+    with path.open("w") as handle:
+        for i in range(count):
+            handle.write(json.dumps({"question": f"Problem {i}: what is {i} + {i * 7 % 13}?", "answer": "42"}) + "\n")
+    return path
+
+
+def problems(path: Path) -> list[str]:
+    return [json.loads(line)["question"] for line in path.open()]
+
+
+def parse_variant(text: str, batch_size: int) -> dict[str, Any]:
+    """``batch:replicas=4,batch_size=256`` → {"dispatch": "batch", "replicas": 4, "batch_size": 256}."""
+    dispatch, _, options = text.partition(":")
+    if dispatch not in ("window", "batch"):
+        raise SystemExit(f"error: variant {text!r}: dispatch must be window or batch")
+    variant = {"name": text, "dispatch": dispatch, "replicas": 1, "batch_size": batch_size}
+    for option in filter(None, options.split(",")):
+        key, _, value = option.partition("=")
+        if key not in ("replicas", "batch_size"):
+            raise SystemExit(f"error: variant {text!r}: unknown option {key!r} (replicas, batch_size)")
+        variant[key] = int(value)
+    return variant
+
+
+def write_spec(path: Path, source: Path, urls: list[str], slots: int, variant: dict[str, Any]) -> Path:
+    spec = {
+        "name": "bench",
+        "source": {"path": str(source), "problem_field": "question", "answer_field": "answer"},
+        "teacher": {"backend": "openai", "model": "sim-teacher", "base_url": urls, "num_samples": 1,
+                    "max_new_tokens": MAX_TOKENS, "max_concurrency": slots, "max_retries": 0},
+        "verification": "exact",
+        "dedupe": {"enabled": False},
+        "run": {"batch_size": variant["batch_size"], "dispatch": variant["dispatch"],
+                "generate_replicas": variant["replicas"]},
+    }
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def sim_call(urls: list[str], action: str) -> list[dict[str, Any]]:
+    out = []
+    for url in urls:
+        root = url.removesuffix("/v1")
+        response = httpx.post(f"{root}/stats/reset") if action == "reset" else httpx.get(f"{root}/stats")
+        out.append(response.json())
+    return out
+
+
+def combine(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several simulators' stats as one teacher: spans overlap, so use the longest."""
+    span = max(s["span_s"] for s in stats) or float("nan")
+    slots = sum(s["slots"] for s in stats)
+    return {"requests": sum(s["requests"] for s in stats), "tokens": sum(s["completion_tokens"] for s in stats),
+            "span_s": span, "utilisation": sum(s["busy_slot_s"] for s in stats) / (slots * span),
+            "per_endpoint": [s["requests"] for s in stats], "peak_requests": sum(s["peak_requests"] for s in stats)}
+
+
+async def raw_client(urls: list[str], prompts: list[str], in_flight: int) -> dict[str, Any]:
+    """The ceiling: ``in_flight`` workers per endpoint, each sending its next request the moment one returns."""
+    from openai import AsyncOpenAI
+
+    clients = [AsyncOpenAI(base_url=url, api_key="EMPTY", max_retries=0, timeout=600) for url in urls]
+    todo = deque(build_messages(PromptConfig(), p) for p in prompts)
+    result = {"errors": 0, "tokens": 0}
+
+    async def worker(client: AsyncOpenAI) -> None:
+        while todo:
+            messages = todo.popleft()
+            try:
+                reply = await client.chat.completions.create(model="sim-teacher", messages=messages, n=1,
+                                                            max_tokens=MAX_TOKENS, temperature=0.6, top_p=0.95)
+                result["tokens"] += reply.usage.completion_tokens
+            except Exception:  # noqa: BLE001 - counted, the benchmark goes on
+                result["errors"] += 1
+
+    await asyncio.gather(*(worker(c) for c in clients for _ in range(in_flight)))
+    for client in clients:
+        await client.close()
+    return result
+
+
+def run_raw(urls: list[str], prompts: list[str], slots: int) -> dict[str, Any]:
+    sim_call(urls, "reset")
+    cpu, started = time.process_time(), time.monotonic()
+    result = asyncio.run(raw_client(urls, prompts, slots))
+    wall, cpu = time.monotonic() - started, time.process_time() - cpu
+    return {**combine(sim_call(urls, "stats")), "wall_s": wall, "cpu_s": cpu, "errors": result["errors"]}
+
+
+def run_pipeline(spec: Path, out: Path, log: Path, timeout: float) -> dict[str, Any]:
+    urls = yaml.safe_load(spec.read_text())["teacher"]["base_url"]
+    sim_call(urls, "reset")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    with log.open("w") as handle:
+        proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(spec), "--out", str(out)],
+                              cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"})
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        tail = log.read_text()[-3000:]
+        raise RuntimeError(f"distill run failed ({proc.returncode}); log {log}:\n{tail}")
+    stats = json.loads((out / "__meta__" / "stats.json").read_text())
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {**combine(sim_call(urls, "stats")), "wall_s": wall, "cpu_s": cpu,
+            "rows": stats["samples"], "problems": stats["problems"]}
+
+
+def report_line(name: str, r: dict[str, Any]) -> str:
+    rps, tps = r["requests"] / r["span_s"], r["tokens"] / r["span_s"]
+    spread = "/".join(map(str, r["per_endpoint"])) if len(r["per_endpoint"]) > 1 else ""
+    return (f"  {name:<34} {r['wall_s']:8.1f} {r['span_s']:8.1f} {rps:9.1f} {tps:11.0f} "
+            f"{r['utilisation']:6.1%} {r['cpu_s']:7.1f}  {spread}")
+
+
+def measure(slots: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    config = SimConfig(slots=slots, median_s=0.0 if args.instant else args.median, sigma=args.sigma,
+                       cap_s=args.cap, seed=args.seed)
+    source = write_problems(work / f"problems-{args.requests}.jsonl", args.requests)
+    prompts = problems(source)
+    with contextlib.ExitStack() as stack:
+        urls = [stack.enter_context(spawn(config)) for _ in range(args.endpoints)]
+        print(f"\nslots={slots} x {args.endpoints} endpoint(s), {args.requests} requests, "
+              + ("instant teacher" if args.instant else
+                 f"sequence time log-normal median {args.median}s sigma {args.sigma} cap {args.cap}s"))
+        print(f"  {'':<34} {'wall_s':>8} {'span_s':>8} {'req/s':>9} {'tokens/s':>11} {'util':>6} {'cpu_s':>7}")
+        raw = run_raw(urls, prompts, slots)
+        print(report_line(f"(a) raw client, {slots}/endpoint in flight", raw), flush=True)
+        runs = {}
+        for text in args.variants:
+            variant = parse_variant(text, args.batch_size)
+            case = work / f"{slots}-{text.replace(':', '_').replace(',', '_').replace('=', '')}"
+            case.mkdir()
+            spec = write_spec(case / "spec.yaml", source, urls, slots, variant)
+            result = run_pipeline(spec, case / "out", case / "distill.log", args.timeout)
+            if result["problems"] != args.requests:
+                raise RuntimeError(f"{text}: wrote {result['problems']} problems, expected {args.requests}")
+            result["ratio"] = raw["span_s"] / result["span_s"]
+            result["ratio_end_to_end"] = raw["wall_s"] / result["wall_s"]
+            runs[text] = result
+            print(report_line(f"(b) distill run [{text}]", result)
+                  + f"  b/a {result['ratio']:.3f} (end-to-end {result['ratio_end_to_end']:.3f})", flush=True)
+    return {"slots": slots, "endpoints": args.endpoints, "requests": args.requests, "instant": args.instant,
+            "raw": raw, "pipeline": runs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--slots", type=int, nargs="+", default=[64, 256], help="simulated sequences per endpoint")
+    parser.add_argument("--requests", type=int, default=2560)
+    parser.add_argument("--endpoints", type=int, default=1, help="simulated teacher replicas")
+    parser.add_argument("--variants", nargs="+", default=["window"],
+                        help="generation variants: window, batch, batch:replicas=4, window:batch_size=256")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--median", type=float, default=0.37, help="median sequence time (s)")
+    parser.add_argument("--sigma", type=float, default=1.3, help="log-normal shape")
+    parser.add_argument("--cap", type=float, default=8.0, help="longest sequence (s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--instant", action="store_true", help="instant teacher: the pipeline's own overhead")
+    parser.add_argument("--timeout", type=float, default=1800, help="per distill run (s)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    results = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
+            for slots in args.slots:
+                results.append(measure(slots, args, Path(tmp)))
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+        print(f"error: the benchmark could not run: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
