@@ -50,7 +50,9 @@ def test_card_holds_every_number_and_the_spec_verbatim() -> None:
         assert f"| `{reason}` | {count} |" in text
     assert "Pass rate: **60.63%**" in text and "**97 kept**, 63 rejected" in text
     assert "| completion_median | 301 |" in text and "| kept_mean | 288.7 |" in text
-    assert "`Qwen/Qwen2.5-Math-PRM-7B`" in text and "| threshold | 0.42 |" in text
+    assert "`Qwen/Qwen2.5-Math-PRM-7B`" in text and "| threshold | 0.42 |" in text and "(12 samples)" in text
+    with_run_prm = _card(stats={**STATS, "prm": {"model": "m/prm", "aggregation": "mean", "threshold": 0.5}})
+    assert "`m/prm`" in with_run_prm and "| aggregation | mean |" in with_run_prm  # stats.json wins
     assert "| temperature | 0.7 |" in text and "| num_samples | 4 |" in text
     assert "**2** of 43 problems" in text and "`how many vertical asymptotes does the graph of`" in text
     assert "**1** exact and **0** near" in text

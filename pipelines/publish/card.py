@@ -70,13 +70,19 @@ def _generation(spec: dict[str, Any], stats: dict[str, Any]) -> str:
     return _table(["setting", "value"], rows)
 
 
-def _prm(spec: dict[str, Any]) -> str:
-    prm = spec.get("prm")
+PRM_KEYS = ("model", "style", "backend", "aggregation", "threshold")
+
+
+def _prm(spec: dict[str, Any], stats: dict[str, Any]) -> str:
+    """The PRM as the run used it (``stats.json``, defaults filled in), else as the spec wrote it."""
+    prm = stats.get("prm") or spec.get("prm")
     if not isinstance(prm, dict) or not prm:
         return "No process reward model was used: traces are filtered by parsing and answer verification only."
-    rows = [[k, f"`{v}`" if k == "model" else v] for k, v in prm.items() if not isinstance(v, dict | list)]
-    return "Each step of a kept trace was scored by a process reward model; traces below the threshold are " \
-           "rejected with reason `prm`.\n\n" + _table(["PRM setting", "value"], rows)
+    rows = [[k, f"`{prm[k]}`" if k == "model" else prm[k]] for k in PRM_KEYS if k in prm]
+    rejected = (stats.get("reasons") or {}).get("prm", 0)
+    return ("Each step of a parsed, verified trace was scored by a process reward model; traces whose aggregated "
+            f"score is below the threshold are rejected with reason `prm` ({rejected} samples).\n\n"
+            + _table(["PRM setting", "value"], rows))
 
 
 def _reasons(stats: dict[str, Any]) -> str:
@@ -158,7 +164,7 @@ def render_card(inputs: CardInputs) -> str:
         + "\n",
         "## Configs\n\n" + _table(["config", "rows"], [[f"`{k}`", v] for k, v in inputs.config_rows.items()]),
         "## Generation\n\n" + _generation(spec, stats),
-        "## Process reward model\n\n" + _prm(spec),
+        "## Process reward model\n\n" + _prm(spec, stats),
         f"## Verification\n\nMethod: `{stats.get('verification') or spec.get('verification', 'math')}`. "
         f"{stats.get('samples', 0)} samples of {stats.get('problems', 0)} problems; **{stats.get('kept', 0)} kept**, "
         f"{stats.get('rejected', 0)} rejected. Pass rate: **{stats.get('pass_rate', 0):.2%}**"
