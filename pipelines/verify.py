@@ -43,7 +43,8 @@ def _normalise(text: str) -> str:
 def _math_equal(answer: str, gold: str) -> bool:
     # math-verify's timeouts use SIGALRM, which only works on the main thread.
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
-    gold_parsed = parse(gold if "$" in gold or "\\" in gold else f"${gold}$", parsing_timeout=timeout)
+    # math-verify needs a LaTeX anchor to read bare LaTeX such as "\\frac34": wrap the gold in $…$.
+    gold_parsed = parse(gold if "$" in gold else f"${gold}$", parsing_timeout=timeout)
     answer_parsed = parse(answer, parsing_timeout=timeout)
     if not gold_parsed or not answer_parsed:
         return False
