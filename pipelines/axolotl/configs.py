@@ -28,6 +28,7 @@ SMOKE: dict[str, Any] = {
     "fsdp_version": DELETE, "fsdp_config": DELETE, "dataloader_num_workers": 0,
 }
 _SCALAR = (str, int, float, bool, type(None))
+APPENDED = "# --- set by `distill config` (not in the template) ---"
 
 
 def _dump_scalar(value: Any) -> str:
@@ -58,7 +59,8 @@ def set_key(text: str, key: str, value: Any) -> str:
     else:
         new = yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=False).rstrip().splitlines()
     if index is None:
-        return "\n".join(lines + ["", "# set by `distill config`", *new]) + "\n"
+        header = [] if APPENDED in lines else ["", APPENDED]
+        return "\n".join(lines + header + new) + "\n"
     match = pattern.match(lines[index])
     end = _block_end(lines, index)
     if isinstance(value, _SCALAR) and match and match.group("comment") and end == index + 1:

@@ -1,9 +1,9 @@
 """Export a dataset folder's kept traces in Axolotl's formats, optionally as curriculum stages.
 
 ``sft``: ``messages`` (system / user / assistant ``<thought>…</thought>\\n\\nanswer``), trained with
-``type: chat_template`` on the assistant turn only. ``kd``: the same plus ``logprobs``, the teacher's top-k
-distributions aligned to the student's tokens (see ``kd_align``), read by
-``axolotl.integrations.kd.chat_template.load_legacy``. Rows that cannot be used are dropped and counted by
+``type: chat_template`` on the assistant turn only. ``kd``: the same plus ``logprobs`` and ``target_token_ids``,
+the teacher's top-k distributions aligned to the student's tokens (see ``kd_align``), read by
+``type: axolotl.integrations.kd.chat_template``. Rows that cannot be used are dropped and counted by
 reason in ``export.json``, which ``distill config`` reads.
 """
 
@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.axolotl.curriculum import CurriculumConfig, difficulties, quantile, split_stages
-from pipelines.axolotl.kd_align import KDFormatError, build_kd_targets, student_turn
+from pipelines.axolotl.kd_align import KDFormatError, axolotl_columns, build_kd_targets, student_turn
 from pipelines.axolotl.shared_tokenizer import check_shared_tokenizer, load_tokenizer
 from pipelines.spec import SpecError
 
@@ -103,7 +103,7 @@ def export_rows(rows: list[dict[str, Any]], options: ExportOptions, tokenizer: A
             if targets.coverage < options.min_coverage:
                 dropped["low_coverage"] += 1
                 continue
-            record.update(logprobs=targets.logprobs, kd_coverage=round(targets.coverage, 4),
+            record.update(axolotl_columns(targets), kd_coverage=round(targets.coverage, 4),
                           kd_exact=targets.exact)
         out.append(record)
     return out

@@ -1,7 +1,7 @@
 """Align the teacher's top-k logprobs to the student's tokens of the assistant turn, as Axolotl's KD reads them.
 
-Where the targets go (Axolotl 0.19, ``axolotl.integrations.kd.chat_template.load_legacy``): the ``logprobs``
-list is right-aligned to the end of the tokenised conversation (entry -1 sits on the last token), and the KD
+Where the targets go (Axolotl 0.19, dataset ``type: axolotl.integrations.kd.chat_template``): the per-position
+lists are right-aligned to the end of the tokenised conversation (entry -1 sits on the last token), and the KD
 loss pairs the student's hidden state at position p with target p while the hard labels are shifted by one.
 So target p must be the teacher's distribution over token p+1: the list starts one position before the first
 assistant token and ends on the last token. Axolotl masks target p when label p is -100, so the distribution
@@ -149,3 +149,13 @@ def build_kd_targets(turn: StudentTurn, tokens: Sequence[str], topk: Sequence[Se
     trained = len(content) + (eot_id is not None)
     exact = teacher_ids == content and (eot_id is None or eot_dist is not None)
     return KDTargets(targets, covered / trained if trained else 0.0, exact)
+
+
+def axolotl_columns(targets: KDTargets) -> dict[str, list[list[Any]]]:
+    """The two columns ``axolotl.integrations.kd.chat_template`` reads (Axolotl 0.19's loader, ``load``):
+    ``logprobs`` (per position k floats) and ``target_token_ids`` (per position the k ids). The
+    ``{"token": "token_id:<id>", "logprob"}`` lists are what the older ``load_legacy`` read; 0.19 cannot reach
+    that loader from a config's ``type``, so the export splits them."""
+    return {"logprobs": [[entry["logprob"] for entry in position] for position in targets.logprobs],
+            "target_token_ids": [[parse_token_id(entry["token"]) for entry in position]
+                                 for position in targets.logprobs]}
