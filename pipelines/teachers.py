@@ -121,10 +121,11 @@ def build_llm(teacher: TeacherConfig, api_key: str | None = None) -> LLM:
                              timeout=teacher.timeout_s, max_retries=teacher.max_retries,
                              max_concurrency=teacher.max_concurrency)
     if teacher.backend == "transformers":
-        from distilabel.models.llms import TransformersLLM
+        from pipelines.local_llm import LocalTransformersLLM
 
-        return TransformersLLM(model=teacher.model, trust_remote_code=teacher.trust_remote_code,
-                               torch_dtype="float32", device="cpu" if not _has_cuda() else None)
+        return LocalTransformersLLM(model=teacher.model, trust_remote_code=teacher.trust_remote_code,
+                                    torch_dtype="auto" if _has_cuda() else "float32",
+                                    device="cuda" if _has_cuda() else "cpu")
     from distilabel.models.llms import vLLM
 
     return vLLM(model=teacher.model, trust_remote_code=teacher.trust_remote_code)
@@ -138,8 +139,6 @@ def generation_kwargs(teacher: TeacherConfig) -> dict[str, Any]:
         kwargs["top_logprobs"] = teacher.top_logprobs
     if teacher.backend == "transformers":
         kwargs.update(do_sample=teacher.temperature > 0, repetition_penalty=1.0)
-        if teacher.temperature == 0:
-            kwargs["temperature"] = 1.0
     return kwargs
 
 

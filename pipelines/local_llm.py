@@ -1,0 +1,65 @@
+"""In-process teacher through transformers, as a distilabel LLM with exact token counts.
+
+distilabel's ``TransformersLLM`` counts output tokens by re-encoding the decoded text (wrong for
+byte-level tokenizers) and cannot say whether a sample stopped or ran out of tokens; this subclass
+generates with ``model.generate`` and reads both from the generated ids.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distilabel.models.llms import TransformersLLM
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+class LocalTransformersLLM(TransformersLLM):
+    """Generates ``num_generations`` samples per chat input; returns ``samples`` like the server LLM."""
+
+    def generate(  # type: ignore[override]
+        self,
+        inputs: list[list[dict[str, str]]],
+        num_generations: int = 1,
+        max_new_tokens: int = 128,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        do_sample: bool = True,
+        repetition_penalty: float = 1.0,
+    ) -> list[dict[str, Any]]:
+        import torch
+
+        model, tokenizer = self._pipeline.model, self._pipeline.tokenizer  # type: ignore[union-attr]
+        tokenizer.padding_side = "left"  # generation continues from the right edge of every prompt
+        prompts = [self.prepare_input(input=messages) for messages in inputs]
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+        with torch.no_grad():
+            generated = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                       num_return_sequences=num_generations, repetition_penalty=repetition_penalty,
+                                       pad_token_id=tokenizer.pad_token_id, **sampling)
+        new_tokens = generated[:, encoded["input_ids"].shape[1]:].tolist()
+        eos = _eos_ids(model, tokenizer)
+        prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
+        outputs = []
+        for i in range(len(inputs)):
+            samples = []
+            for ids in new_tokens[i * num_generations:(i + 1) * num_generations]:
+                stop = next((k for k, token in enumerate(ids) if token in eos), None)
+                kept = ids if stop is None else ids[:stop]
+                samples.append({
+                    "text": tokenizer.decode(kept, skip_special_tokens=True),
+                    "reasoning": None,
+                    "finish_reason": "length" if stop is None else "stop",
+                    "completion_tokens": len(ids) if stop is None else stop + 1,
+                    "prompt_tokens": int(prompt_lengths[i]),
+                    "error": None,
+                })
+            outputs.append({"samples": samples})
+        return outputs
