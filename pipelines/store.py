@@ -35,6 +35,7 @@ BASE_SCHEMA = pa.schema([
     ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
     ("teacher_model", pa.string()), ("finish_reason", pa.string()),
     ("completion_tokens", pa.int64()), ("prompt_tokens", pa.int64()), ("pass_rate", pa.float64()),
+    ("error", pa.string()),  # why the teacher request failed, e.g. "HTTP 503 (5 attempts)"; else null
 ])
 LOGPROB_FIELDS = [
     ("tokens", pa.list_(pa.string())), ("token_logprobs", pa.list_(pa.float64())),
@@ -42,7 +43,7 @@ LOGPROB_FIELDS = [
 ]
 PRM_FIELDS = [("step_scores", pa.list_(pa.float64())), ("prm_score", pa.float64()),
               ("prm_first_error", pa.int64())]
-_INTERNAL = {"text", "reasoning", "error"}
+_INTERNAL = {"text", "reasoning"}
 
 
 def flatten(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -13,12 +13,7 @@ from pydantic import Field, PrivateAttr
 
 from pipelines.inflight import EndpointPool
 from pipelines.spec import TeacherConfig
-
-
-def _error_kind(exc: BaseException) -> str:
-    """A short, secret-free description of a failed request."""
-    status = getattr(exc, "status_code", None)
-    return f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "")
+from pipelines.teacher_retry import BadResponse, Failure, TeacherFailure, call_with_retries
 
 
 class VLLMServerLLM(AsyncLLM):
@@ -28,7 +23,7 @@ class VLLMServerLLM(AsyncLLM):
     base_urls: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8000/v1"])
     api_key: str | None = Field(default=None, exclude=True, repr=False)
     timeout: float = 600.0
-    max_retries: int = 4
+    max_retries: int = 4  # per request, by pipelines/teacher_retry.py (the openai client's own are off)
     max_concurrency: int = 64  # requests in flight per endpoint
 
     _clients: list[Any] = PrivateAttr(default_factory=list)
@@ -39,8 +34,7 @@ class VLLMServerLLM(AsyncLLM):
         from openai import AsyncOpenAI
 
         self._clients = [
-            AsyncOpenAI(base_url=url, api_key=self.api_key or "EMPTY", timeout=self.timeout,
-                        max_retries=self.max_retries)
+            AsyncOpenAI(base_url=url, api_key=self.api_key or "EMPTY", timeout=self.timeout, max_retries=0)
             for url in self.base_urls
         ]
         # Least-in-flight, not round-robin: a replica stuck on long traces gets fewer new ones.
@@ -66,12 +60,23 @@ class VLLMServerLLM(AsyncLLM):
             kwargs.update(logprobs=True, top_logprobs=top_logprobs,
                           extra_body={"return_tokens_as_token_ids": True})
         assert self._pool is not None, "call load() first"
-        async with self._pool.lease() as endpoint:
-            try:
+        pool = self._pool
+
+        async def attempt() -> dict[str, Any]:
+            # The endpoint is leased per attempt: a backoff holds no slot and a retry may go to another replica.
+            async with pool.lease() as endpoint:
                 completion = await self._clients[endpoint].chat.completions.create(**kwargs)
-            except Exception as exc:  # noqa: BLE001 - every failure is recorded per sample
-                return _failed(num_generations, _error_kind(exc))
-        return _from_completion(completion, num_generations)
+            return _from_completion(completion, num_generations)
+
+        try:
+            return await call_with_retries(attempt, self.max_retries, on_retry=self._log_retry)
+        except TeacherFailure as failed:
+            self._logger.warning(f"teacher request failed: {failed}; its {num_generations} sample(s) are "
+                                 "recorded as teacher_error")
+            return _failed(num_generations, str(failed))
+
+    def _log_retry(self, failure: Failure, retry: int, delay: float) -> None:
+        self._logger.debug(f"teacher: {failure.reason}, retry {retry + 1}/{self.max_retries} in {delay:.1f}s")
 
 
 def _failed(n: int, error: str) -> dict[str, Any]:
@@ -81,7 +86,9 @@ def _failed(n: int, error: str) -> dict[str, Any]:
 def _from_completion(completion: Any, n: int) -> dict[str, Any]:
     choices = list(getattr(completion, "choices", None) or [])
     if not choices:
-        return _failed(n, "empty choices")
+        raise BadResponse("empty choices")  # a server glitch, not an answer: retried
+    if any(getattr(choice, "message", None) is None for choice in choices):
+        raise BadResponse("malformed response")
     usage = getattr(completion, "usage", None)
     prompt_tokens = getattr(usage, "prompt_tokens", None)
     samples = []

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from pipelines.loopback.faults import FaultInjector, FaultPlan, serve_fault
+
 Responder = Callable[[list[dict[str, str]], int], "str | dict[str, Any]"]
 # (text, top_k, as_ids) -> {"content": [...]} in the OpenAI logprobs shape; replaces _fake_logprobs when given.
 LogprobsFn = Callable[[str, int, bool], dict[str, Any]]
@@ -39,8 +41,11 @@ class LoopbackTeacher:
     """Context manager: ``with LoopbackTeacher(responder) as t: t.base_url`` → ``http://127.0.0.1:PORT/v1``."""
 
     def __init__(self, responder: Responder, model: str = "loopback-teacher",
-                 logprobs_fn: LogprobsFn | None = None) -> None:
+                 logprobs_fn: LogprobsFn | None = None, faults: FaultPlan | None = None) -> None:
         self.responder = responder
+        # Default off; with a plan, some requests fail like a real server or network would (see faults.py).
+        self.faults = FaultInjector(faults) if faults is not None else None
+        self.authorizations: set[str] = set()  # Authorization headers seen (tests check the key is sent)
         self.logprobs_fn = logprobs_fn or _fake_logprobs
         self.model = model
         self.requests: list[dict[str, Any]] = []
@@ -106,6 +111,11 @@ class LoopbackTeacher:
                 if not self.path.endswith("/chat/completions"):
                     self._send(404, {"error": {"message": "not found"}})
                     return
+                teacher.authorizations.add(self.headers.get("Authorization") or "")
+                fault = teacher.faults.choose(body) if teacher.faults else None
+                if fault is not None:
+                    serve_fault(self, fault, teacher.faults, lambda: teacher.complete(body))
+                    return
                 self._send(200, teacher.complete(body))
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -115,6 +125,8 @@ class LoopbackTeacher:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.faults:
+            self.faults.release()
         if self._server:
             self._server.shutdown()
             self._server.server_close()
