@@ -59,13 +59,14 @@ def load_model(cfg: PrmConfig, device: str, dtype: Any) -> Any:
 class TransformersBackend:
     """Rewards per step for encoded traces, many traces per forward pass."""
 
-    def __init__(self, cfg: PrmConfig, tokenizer: Any | None = None) -> None:
+    def __init__(self, cfg: PrmConfig, tokenizer: Any | None = None, model: Any | None = None) -> None:
+        """``model``: an already built model (benchmarks with random weights); by default ``cfg.model`` is loaded."""
         import torch
 
         self.cfg = cfg
         self.tokenizer = tokenizer or load_tokenizer(cfg)
         self.device = pick_device(cfg.device)
-        self.model = load_model(cfg, self.device, pick_dtype(cfg.dtype, self.device))
+        self.model = model if model is not None else load_model(cfg, self.device, pick_dtype(cfg.dtype, self.device))
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id or 0
@@ -98,6 +99,7 @@ class TransformersBackend:
 
         results: list[list[float]] = [[] for _ in traces]
         lengths = [len(t.input_ids) for t in traces]
+        pending = []  # rewards stay on the device until the end: no host sync between batches
         for batch in length_batches(lengths, self.cfg.batch_size, self.cfg.max_batch_tokens):
             width = max(lengths[i] for i in batch)
             ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -111,8 +113,9 @@ class TransformersBackend:
             with torch.inference_mode():
                 pairs = self._pairs(ids.to(self.device), mask.to(self.device),
                                     torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device))
-                rewards = torch.softmax(pairs, dim=-1)[:, 1].tolist()
-            k = 0
+                pending.append((batch, torch.softmax(pairs, dim=-1)[:, 1]))
+        for batch, rewards_on_device in pending:
+            rewards, k = rewards_on_device.tolist(), 0
             for i in batch:
                 n = len(traces[i].positions)
                 results[i] = rewards[k:k + n]
