@@ -6,6 +6,9 @@ AXOLOTL_VERSION ?= 0.19.0
 DISTILL := $(VENV)/bin/distill
 # Axolotl's telemetry retries for minutes without a network: always off.
 TRAIN_ENV := AXOLOTL_DO_NOT_TRACK=1 DO_NOT_TRACK=1 HF_HUB_DISABLE_TELEMETRY=1
+# `axolotl train` launches `accelerate` from PATH: put the training venv first.
+AXOLOTL_ENV := $(TRAIN_ENV) PATH="$(abspath $(VENV_TRAIN))/bin:$$PATH"
+AXOLOTL_CHECK = test -x $(VENV_TRAIN)/bin/axolotl || { echo "error: $(VENV_TRAIN) has no axolotl: run make setup-train"; exit 2; }; test -f "$(CONFIG)" || { echo "error: CONFIG=$(CONFIG) not found: render one with distill config"; exit 2; }
 DATASET ?= gsm8k
 CONFIG ?=
 OFFLINE ?=
@@ -40,11 +43,13 @@ pipeline: ## Run a dataset's pipeline: make pipeline DATASET=gsm8k ARGS="--teach
 
 train: ## Launch Axolotl: make train CONFIG=axolotl_configs/....yaml
 	@test -n "$(CONFIG)" || { echo "error: CONFIG is required: make train CONFIG=axolotl_configs/<file>.yaml"; exit 2; }
-	$(TRAIN_ENV) $(VENV_TRAIN)/bin/axolotl train $(CONFIG) $(ARGS)
+	@$(AXOLOTL_CHECK)
+	$(AXOLOTL_ENV) $(VENV_TRAIN)/bin/axolotl train $(CONFIG) $(ARGS)
 
 preprocess: ## Tokenise a config's datasets: make preprocess CONFIG=...
 	@test -n "$(CONFIG)" || { echo "error: CONFIG is required: make preprocess CONFIG=axolotl_configs/<file>.yaml"; exit 2; }
-	$(TRAIN_ENV) $(VENV_TRAIN)/bin/axolotl preprocess $(CONFIG) $(ARGS)
+	@$(AXOLOTL_CHECK)
+	$(AXOLOTL_ENV) $(VENV_TRAIN)/bin/axolotl preprocess $(CONFIG) $(ARGS)
 
 publish: ## Push a dataset folder to the Hub: make publish DATASET=out/gsm8k REPO=owner/name (ARGS="--dry-run DIR")
 	@test -n "$(REPO)" || { echo "error: REPO is required: make publish DATASET=out/<name> REPO=owner/name"; exit 2; }
