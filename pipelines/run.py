@@ -43,7 +43,9 @@ def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_i
         write = WriteParts(name="write", cache_dir=str(cache_dir), total_problems=total, input_batch_size=batch)
         if spec.prm is not None:
             from pipelines.steps.prm import PrmFilter
+            from prm.scorer import check_config
 
+            check_config(spec.prm)
             prm = PrmFilter(name="prm", prm=spec.prm, input_batch_size=batch)
             load >> generate >> curate >> prm >> write
         else:

@@ -31,13 +31,10 @@ def pick_dtype(dtype: str, device: str) -> Any:
     return getattr(torch, dtype)
 
 
-def load_model(cfg: PrmConfig, device: str, dtype: Any) -> Any:
-    """The causal LM (math-shepherd) or the 2-class token-level reward model (qwen-prm)."""
+def model_loader(cfg: PrmConfig) -> Any:
+    """The transformers Auto class for the PRM; a SpecError when its config cannot be read or needs remote code."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForTokenClassification
 
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
-    if not cfg.trust_remote_code:
-        kwargs["attn_implementation"] = "sdpa"
     try:
         config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -49,10 +46,16 @@ def load_model(cfg: PrmConfig, device: str, dtype: Any) -> Any:
         if remote and not cfg.trust_remote_code:
             raise SpecError(f"prm.trust_remote_code: {cfg.model!r} is a {architectures[0]} (remote code); "
                             "set prm.trust_remote_code: true (or --trust-remote-code)")
-        loader = AutoModel if remote else AutoModelForTokenClassification
-    else:
-        loader = AutoModelForCausalLM
-    model = loader.from_pretrained(cfg.model, **kwargs)
+        return AutoModel if remote else AutoModelForTokenClassification
+    return AutoModelForCausalLM
+
+
+def load_model(cfg: PrmConfig, device: str, dtype: Any) -> Any:
+    """The causal LM (math-shepherd) or the 2-class token-level reward model (qwen-prm)."""
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    if not cfg.trust_remote_code:
+        kwargs["attn_implementation"] = "sdpa"
+    model = model_loader(cfg).from_pretrained(cfg.model, **kwargs)
     return model.to(device).eval()
 
 

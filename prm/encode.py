@@ -36,7 +36,8 @@ def load_tokenizer(cfg: PrmConfig) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise SpecError(f"prm.tokenizer: cannot load {name!r} ({type(exc).__name__}); give a local path "
+        field = "prm.tokenizer" if cfg.tokenizer else "prm.model"
+        raise SpecError(f"{field}: cannot load {name!r} ({type(exc).__name__}); give a local path "
                         "or a Hub id available offline") from None
     if not getattr(tokenizer, "is_fast", False):
         raise SpecError(f"prm.tokenizer: {name!r} has no fast tokenizer (tokenizer.json); the PRM needs "

@@ -29,6 +29,15 @@ def build_backend(cfg: PrmConfig, tokenizer: Any) -> Backend:
     return TransformersBackend(cfg, tokenizer)
 
 
+def check_config(cfg: PrmConfig) -> None:
+    """Fail early, in the parent process, on a PRM that cannot load (a SpecError naming the field)."""
+    load_tokenizer(cfg)
+    if cfg.backend == "transformers":
+        from prm.backend_transformers import model_loader
+
+        model_loader(cfg)
+
+
 @dataclass
 class ScoringStats:
     """What the scorer did so far: traces scored, left unscored, tokens read, seconds spent."""

@@ -167,3 +167,14 @@ def test_prm_eval_reports_processbench_f1_on_the_mini_set(tmp_path: Path, tiny_m
     assert report["f1"] == pytest.approx(want["f1"]) and report["acc_correct"] == pytest.approx(want["acc_correct"])
     assert report["best_f1"] >= report["f1"]
     assert "ProcessBench F1" in result.stdout
+
+
+def test_distill_run_with_an_unloadable_prm_fails_before_generating(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "problems.jsonl", PROBLEMS[:1])
+    with LoopbackTeacher(responder) as teacher:
+        spec = write_spec(tmp_path / "bad-prm.yaml", source, teacher={"base_url": teacher.base_url},
+                          prm={"model": str(tmp_path / "no-such-prm")})
+        result = run_distill("run", spec, "--out", tmp_path / "out", check=False)
+        assert teacher.requests == []
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: prm.model: cannot load")

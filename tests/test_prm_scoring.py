@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import functools
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
-from pipelines.spec import PrmConfig
+from pipelines.spec import PrmConfig, SpecError
 from prm.backend_vllm import PrmServerError
 from prm.loopback import LoopbackPrmServer
-from prm.scorer import PrmScorer
+from prm.scorer import PrmScorer, check_config
 from prm.tiny import build_tiny_prm
 
 PROBLEM = "Natalia sold 48 clips in April and half as many in May. How many clips did she sell?"
@@ -136,3 +138,14 @@ def test_vllm_backend_errors_are_one_line(tiny_prm_dir: Path) -> None:
     with pytest.raises(PrmServerError, match="cannot reach http://127.0.0.1:9/pooling") as info:
         PrmScorer(closed).step_rewards([(PROBLEM, TRACES[0])])
     assert "\n" not in str(info.value)
+
+
+def test_unloadable_prms_fail_early_with_the_field(tmp_path: Path, tiny_prm_dir: Path) -> None:
+    with pytest.raises(SpecError, match=r"^prm.model: cannot load '/nonexistent/prm'"):
+        check_config(PrmConfig(model="/nonexistent/prm"))
+    remote = tmp_path / "remote-prm"
+    shutil.copytree(tiny_prm_dir, remote)
+    config = json.loads((remote / "config.json").read_text())
+    (remote / "config.json").write_text(json.dumps({**config, "architectures": ["Qwen2ForProcessRewardModel"]}))
+    with pytest.raises(SpecError, match=r"^prm.trust_remote_code: .* set prm.trust_remote_code: true"):
+        check_config(PrmConfig(model=str(remote), style="qwen-prm"))
