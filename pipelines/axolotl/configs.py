@@ -121,7 +121,13 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise SpecError(f"--set: {pair!r} is not KEY=VALUE with a top-level Axolotl key")
-        out[key] = yaml.safe_load(raw) if raw else None
+        value = yaml.safe_load(raw) if raw else None
+        if isinstance(value, str):  # YAML 1.1 reads 2e-5 (no dot) as text
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        out[key] = value
     return out
 
 
