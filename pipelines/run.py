@@ -8,16 +8,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.run_lock import run_lock
 from pipelines.source import iter_problems
 from pipelines.spec import DatasetSpec, SpecError
-from pipelines.store import done_problem_ids, finalize, meta_dir
+from pipelines.store import done_problem_ids, finalize, meta_dir, remove_stale_temps, write_text_atomic
 
 log = logging.getLogger("distill")
 
 
 def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_ids: set[str],
                    api_key: str | None = None, total: int | None = None) -> Any:
-    from distilabel.pipeline import Pipeline
     from distilabel.steps import StepResources
 
     from pipelines.steps.curate import CurateTraces
@@ -25,11 +25,12 @@ def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_i
     from pipelines.steps.load import LoadProblems
     from pipelines.steps.write import WriteParts
     from pipelines.teachers import build_llm, generation_kwargs
+    from pipelines.throttled_pipeline import ThrottledPipeline
 
     batch = spec.run.batch_size
     llm = build_llm(spec.teacher, api_key=api_key)
     llm.generation_kwargs = generation_kwargs(spec.teacher)
-    with Pipeline(name=f"distill-{spec.name}", cache_dir=cache_dir / "distilabel") as pipeline:
+    with ThrottledPipeline(name=f"distill-{spec.name}", cache_dir=cache_dir / "distilabel") as pipeline:
         load = LoadProblems(name="load", source=spec.source, limit=limit, skip_ids=sorted(skip_ids),
                             batch_size=batch, dedupe=spec.dedupe, decontamination=spec.decontamination,
                             report_dir=str(cache_dir))
@@ -71,6 +72,13 @@ def run_spec(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path |
     """Run (or resume) the pipeline and write the dataset folder; returns the stats."""
     cache_dir = cache_dir or out_dir / ".cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(cache_dir):
+        remove_stale_temps(cache_dir, out_dir)  # what a killed run was writing; complete files are kept
+        return _run_locked(spec, spec_text, out_dir, cache_dir, limit, api_key)
+
+
+def _run_locked(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path, limit: int | None,
+                api_key: str | None) -> dict[str, Any]:
     total = _count_problems(spec, limit, cache_dir) if spec.source.is_local else limit
     done = done_problem_ids(cache_dir)
     state_file = cache_dir / "run_state.json"
@@ -84,12 +92,12 @@ def run_spec(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path |
     else:
         log.info("all %d problems already done; writing the dataset", total)
     state = {"wall_time_s": state["wall_time_s"] + time.monotonic() - started, "runs": state["runs"] + 1}
-    state_file.write_text(json.dumps(state))
+    write_text_atomic(state_file, json.dumps(state))
     run_info = {"spec": spec.name, "teacher_model": spec.teacher.model, "backend": spec.teacher.backend,
                 "num_samples": spec.teacher.num_samples, "verification": spec.verification,
                 "runs": state["runs"], "wall_time_s": state["wall_time_s"]}
     if spec.prm is not None:
         run_info["prm"] = {k: getattr(spec.prm, k) for k in ("model", "style", "backend", "aggregation", "threshold")}
     meta_dir(out_dir).mkdir(parents=True, exist_ok=True)
-    (meta_dir(out_dir) / "spec.yaml").write_text(spec_text)
+    write_text_atomic(meta_dir(out_dir) / "spec.yaml", spec_text)
     return finalize(cache_dir, out_dir, spec.output.rows_per_file, run_info)

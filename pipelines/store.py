@@ -87,6 +87,25 @@ def part_files(cache_dir: Path) -> list[Path]:
     return sorted((cache_dir / PARTS).glob("part-*.parquet"))
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` in one step: a reader (or a run killed midway) sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def remove_stale_temps(cache_dir: Path, out_dir: Path) -> list[Path]:
+    """Delete the temporary files a killed run left (never complete data); call under the run lock."""
+    stale = [*(cache_dir / PARTS).glob(".*.tmp"), *cache_dir.glob(".*.tmp"), *out_dir.glob(".data-*.tmp"),
+             *meta_dir(out_dir).glob(".*.tmp")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def done_problem_ids(cache_dir: Path) -> set[str]:
     """Problems already written by an earlier (possibly killed) run."""
     done: set[str] = set()
@@ -109,6 +128,8 @@ def finalize(cache_dir: Path, out_dir: Path, rows_per_file: int, run_info: dict[
     parts = part_files(cache_dir)
     schema = pa.unify_schemas([pq.read_schema(p) for p in parts]) if parts else BASE_SCHEMA
     out_dir.mkdir(parents=True, exist_ok=True)
+    # stats.json is written last: while it is missing the shards may be mid-replacement (rerun to finish).
+    (meta_dir(out_dir) / "stats.json").unlink(missing_ok=True)
     stale = set(out_dir.glob("data-*.parquet"))
     tag = uuid.uuid4().hex[:6]
     written: list[Path] = []
@@ -135,7 +156,7 @@ def finalize(cache_dir: Path, out_dir: Path, rows_per_file: int, run_info: dict[
 
     stats.update(read_report(cache_dir))  # "dedupe" and "decontamination": problems dropped before generation
     meta_dir(out_dir).mkdir(exist_ok=True)
-    (meta_dir(out_dir) / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_text_atomic(meta_dir(out_dir) / "stats.json", json.dumps(stats, indent=2) + "\n")
     return stats
 
 
