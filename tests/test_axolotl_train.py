@@ -238,3 +238,24 @@ def test_curriculum_stage2_starts_from_stage1(tmp_path: Path, traces: Path, tiny
         steps = losses(axolotl("train", config, tmp_path))
         assert len(steps) == 3 and all(math.isfinite(v) for v in steps)
     assert (Path(stage2["output_dir"]) / "model.safetensors").exists()
+
+
+def test_shipped_templates_pass_axolotls_own_validation(axolotl_bin: Path) -> None:
+    """Every template in axolotl_configs/ (multi-GPU ones as on 2 GPUs) passes Axolotl's config schema."""
+    from pipelines.axolotl.configs import TEMPLATES_DIR
+
+    script = ("import sys, yaml\n"
+              "from axolotl.utils.config import validate_config\n"
+              "from axolotl.utils.dict import DictDefault\n"
+              "for path in sys.argv[1:]:\n"
+              "    validate_config(DictDefault(yaml.safe_load(open(path))), capabilities={'bf16': True,"
+              " 'fp8': False, 'n_gpu': 2, 'n_node': 1, 'compute_capability': 'sm_90'},"
+              " env_capabilities={'torch_version': '2.13.0'})\n"
+              "    print('valid', path)\n")
+    templates = sorted(str(p) for p in TEMPLATES_DIR.glob("*.yaml"))
+    result = subprocess.run([str(TRAIN_PYTHON), "-c", script, *templates], capture_output=True, text=True,
+                            timeout=600, cwd=ROOT, env={**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1",
+                                                        "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("valid ") == len(templates) == 5
+    assert "deprecated and will be removed" not in result.stdout + result.stderr

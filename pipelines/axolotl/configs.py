@@ -23,7 +23,8 @@ SMOKE: dict[str, Any] = {
     "max_steps": 3, "num_epochs": 1, "micro_batch_size": 1, "gradient_accumulation_steps": 1, "val_set_size": 0.0,
     "logging_steps": 1, "save_strategy": "no", "evals_per_epoch": DELETE, "saves_per_epoch": DELETE,
     "save_total_limit": DELETE, "warmup_ratio": DELETE, "optimizer": "adamw_torch", "lr_scheduler": "constant",
-    "learning_rate": 1.0e-3, "bf16": False, "fp16": False, "tf32": False, "flash_attention": False,
+    "learning_rate": 1.0e-3, "bf16": False, "fp16": False, "tf32": False, "flash_attention": DELETE,
+    "attn_implementation": "sdpa",
     "gradient_checkpointing": False, "sample_packing": False, "pad_to_sequence_len": False, "deepspeed": DELETE,
     "fsdp_version": DELETE, "fsdp_config": DELETE, "dataloader_num_workers": 0,
 }
