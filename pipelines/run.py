@@ -67,6 +67,18 @@ def _count_problems(spec: DatasetSpec, limit: int | None, cache_dir: Path | None
     return count
 
 
+def _check_complete(spec: DatasetSpec, total: int | None, cache_dir: Path) -> None:
+    """distilabel turns a failed batch into None rows and carries on: say so instead of finishing short."""
+    if total is None or not spec.source.is_local:
+        return
+    missing = total - len(done_problem_ids(cache_dir))
+    if missing > 0:
+        from pipelines.errors import RunIncomplete
+
+        raise RunIncomplete(f"{missing} of {total} problems were not written (a pipeline step failed; see the log "
+                            f"under {cache_dir / 'distilabel'}); rerun the same command to retry them")
+
+
 def run_spec(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path | None = None,
              limit: int | None = None, api_key: str | None = None) -> dict[str, Any]:
     """Run (or resume) the pipeline and write the dataset folder; returns the stats."""
@@ -89,6 +101,7 @@ def _run_locked(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Pat
                  "?" if total is None else total - len(done), len(done))
         pipeline = build_pipeline(spec, cache_dir, limit, done, api_key=api_key, total=total)
         pipeline.run(use_cache=False)
+        _check_complete(spec, total, cache_dir)
     else:
         log.info("all %d problems already done; writing the dataset", total)
     state = {"wall_time_s": state["wall_time_s"] + time.monotonic() - started, "runs": state["runs"] + 1}

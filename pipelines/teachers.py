@@ -6,6 +6,7 @@ tokens, and fails the whole batch on one error; this adapter keeps all of them p
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from distilabel.models.llms.base import LLM, AsyncLLM
@@ -32,6 +33,10 @@ class VLLMServerLLM(AsyncLLM):
     def load(self) -> None:
         super().load()
         from openai import AsyncOpenAI
+
+        # openai 2+ sends through "httpx2", which logs every request at INFO; distilabel only silences "httpx",
+        # and shipping and rendering one record per request cost more CPU than the requests themselves.
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
 
         self._clients = [
             AsyncOpenAI(base_url=url, api_key=self.api_key or "EMPTY", timeout=self.timeout, max_retries=0)

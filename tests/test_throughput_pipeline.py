@@ -1,0 +1,72 @@
+"""`distill run` with the rolling window against simulated teachers: every problem exactly once, load spread
+over several endpoints, never more in flight than allowed, resume, and the batch-at-a-time comparison mode."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import run_distill, write_jsonl, write_spec
+from test_teacher_sim import sim
+
+
+def problems_file(path: Path, count: int) -> Path:
+    return write_jsonl(path, [{"question": f"Problem {i}: add {i} and {i + 3}.", "answer": "42"} for i in range(count)])
+
+
+@contextlib.contextmanager
+def teachers(count: int, slots: int):
+    config = sim.SimConfig(slots=slots, median_s=0.03, sigma=1.0, cap_s=0.3)
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(sim.SimThread(config)) for _ in range(count)]
+
+
+def spec_for(tmp_path: Path, source: Path, urls: list[str], **run: object) -> Path:
+    return write_spec(tmp_path / "spec.yaml", source,
+                      teacher={"base_url": urls, "model": "sim-teacher", "num_samples": 2,
+                               "max_new_tokens": 100_000, "max_concurrency": 3},
+                      verification="exact", dedupe={"enabled": False}, run={"batch_size": 4, **run})
+
+
+def samples_per_problem(out: Path) -> dict[str, list[int]]:
+    frame = pd.read_parquet(out)
+    return {pid: sorted(group["sample_index"]) for pid, group in frame.groupby("problem_id")}
+
+
+def test_window_spreads_over_two_endpoints_and_writes_every_problem_once(tmp_path):
+    source = problems_file(tmp_path / "problems.jsonl", 24)  # a multiple of the batch size: the end mark matters
+    with teachers(2, slots=3) as servers:
+        spec = spec_for(tmp_path, source, [s.base_url for s in servers])
+        result = run_distill("run", spec, "--out", tmp_path / "out")
+        stats = [s.stats() for s in servers]
+    assert "wrote" in result.stdout and "24 problems" in result.stdout
+    assert samples_per_problem(tmp_path / "out") == {str(i): [0, 1] for i in range(24)}
+    frame = pd.read_parquet(tmp_path / "out")
+    assert frame["kept"].all() and (frame["completion_tokens"] > 0).all()
+    requests = [s["requests"] for s in stats]
+    assert sum(requests) == 24 and min(requests) >= 6, requests  # least-in-flight spreads the load
+    assert all(s["peak_requests"] <= 3 for s in stats)  # teacher.max_concurrency is per endpoint
+
+
+def test_window_resume_sends_only_the_missing_problems(tmp_path):
+    source = problems_file(tmp_path / "problems.jsonl", 22)
+    with teachers(1, slots=4) as (server,):
+        spec = spec_for(tmp_path, source, [server.base_url])
+        run_distill("run", spec, "--out", tmp_path / "out", "--limit", "9")
+        first = server.stats()["requests"]
+        run_distill("run", spec, "--out", tmp_path / "out")
+        second = server.stats()["requests"] - first
+    assert (first, second) == (9, 13)
+    assert samples_per_problem(tmp_path / "out") == {str(i): [0, 1] for i in range(22)}
+
+
+@pytest.mark.parametrize("count", [8, 10])
+def test_batch_dispatch_still_writes_every_problem_once(tmp_path, count):
+    source = problems_file(tmp_path / "problems.jsonl", count)
+    with teachers(1, slots=4) as (server,):
+        spec = spec_for(tmp_path, source, [server.base_url], dispatch="batch")
+        run_distill("run", spec, "--out", tmp_path / "out")
+        assert server.stats()["requests"] == count
+    assert samples_per_problem(tmp_path / "out") == {str(i): [0, 1] for i in range(count)}
