@@ -173,7 +173,7 @@ class StatsCollector:
 
     def add(self, table: pa.Table) -> None:
         cols = table.select(["problem_id", "kept", "correct", "rejection_reason", "completion_tokens"]).to_pydict()
-        for pid, kept, correct, reason, tokens in zip(*cols.values()):
+        for pid, kept, correct, reason, tokens in zip(*cols.values(), strict=True):
             self.samples += 1
             self.problems.add(pid)
             self.reasons[reason or "kept"] += 1

@@ -8,9 +8,9 @@ from pathlib import Path
 import datasets
 import pandas as pd
 import pytest
+from conftest import run_distill, write_jsonl, write_spec
 
 from pipelines.loopback.teacher import LoopbackTeacher
-from conftest import run_distill, write_jsonl, write_spec
 
 PROBLEMS = [
     {"question": "What is 2+3?", "answer": "2+3=5 #### 5"},

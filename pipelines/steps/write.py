@@ -2,7 +2,6 @@
 
 import time
 from pathlib import Path
-from typing import Any
 
 from distilabel.steps import Step, StepInput
 from distilabel.typing import StepOutput
