@@ -49,8 +49,11 @@ def run(
     cache_dir: Optional[Path] = typer.Option(None, help="Resume folder (default <out>/.cache)."),
 ) -> None:
     """Generate, parse, verify and write a trace dataset for SPEC."""
+    from pipelines.errors import error_line
+    from pipelines.preflight import preflight
     from pipelines.run import run_spec
 
+    api_key = None
     try:
         dataset, text = load_spec(spec)
         overrides = {"base_url": teacher_url and (teacher_url[0] if len(teacher_url) == 1 else teacher_url),
@@ -64,12 +67,19 @@ def run(
                 dataset.teacher = type(dataset.teacher).model_validate({**dataset.teacher.model_dump(), **overrides})
             except ValidationError as exc:
                 first = exc.errors()[0]
-                raise SpecError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+                flag = {"base_url": "teacher-url", "model": "teacher-model"}.get(str(first["loc"][0]),
+                                                                                 str(first["loc"][0]).replace("_", "-"))
+                raise SpecError(f"--{flag}: {first['msg'].removeprefix('Value error, ')}") from None
         out_dir = out or Path(dataset.output.dir or f"out/{dataset.name}")
         api_key = os.environ.get(dataset.teacher.api_key_env)
+        # Source, output folder and teacher are checked before anything is created or written.
+        preflight(dataset, limit, api_key, spec_out_dirs=[] if out else [out_dir])
         stats = run_spec(dataset, text, out_dir, cache_dir=cache_dir, limit=limit, api_key=api_key)
     except SpecError as exc:
         fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback with --verbose
+        logging.getLogger("distill").debug("run failed", exc_info=True)
+        fail(error_line(exc, secrets=[api_key]))
     typer.echo(f"wrote {out_dir}: {stats['samples']} samples of {stats['problems']} problems, "
                f"kept {stats['kept']} ({stats['pass_rate']:.1%}); reasons {json.dumps(stats['reasons'])}")
 

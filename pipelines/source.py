@@ -18,7 +18,11 @@ def _local_rows(path: Path) -> Iterator[dict]:
         return
     with path.open("rb") as handle:
         for lineno, raw in enumerate(handle, 1):
-            line = raw.decode("utf-8", errors="replace").strip()
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise SpecError(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                                "re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
             if not line:
                 continue
             try:
@@ -60,6 +64,7 @@ def iter_problems(source: SourceConfig, limit: int | None = None) -> Iterator[di
         rows = _local_rows(path)
     else:
         rows = _hub_rows(source)
+    seen_ids: set[str] = set()
     for index, row in enumerate(rows):
         if limit is not None and index >= limit:
             return
@@ -69,5 +74,16 @@ def iter_problems(source: SourceConfig, limit: int | None = None) -> Iterator[di
         if not isinstance(problem, str) or not problem.strip():
             continue
         gold = row.get(source.answer_field) if source.answer_field else None
+        if source.id_field and row.get(source.id_field) is None:
+            raise SpecError(f"source.id_field: row {index} of {source.path} has no {source.id_field!r}; every row "
+                            "needs an id (fix the data, or drop id_field to number the rows)")
         problem_id = str(row[source.id_field]) if source.id_field else str(index)
+        if source.id_field:
+            if problem_id in seen_ids:  # resume goes by id: a repeated id would be skipped as already done
+                raise SpecError(f"source.id_field: id {problem_id!r} appears twice in {source.path}; ids must be "
+                                "unique (fix the data, or drop id_field to number the rows)")
+            seen_ids.add(problem_id)
+        if len(problem) > source.max_problem_chars:
+            raise SpecError(f"source.max_problem_chars: problem {problem_id!r} of {source.path} has {len(problem):,} "
+                            f"characters (limit {source.max_problem_chars:,}); fix that row or raise the limit")
         yield {"problem_id": problem_id, "problem": problem, "gold": None if gold is None else str(gold)}

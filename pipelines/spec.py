@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +35,7 @@ class SourceConfig(_Strict):
     problem_field: str = "problem"
     answer_field: str | None = "answer"
     id_field: str | None = None
+    max_problem_chars: int = Field(100_000, ge=1)  # a longer problem is a data error, not a prompt
 
     @property
     def is_local(self) -> bool:
@@ -81,8 +83,15 @@ class TeacherConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    dir: str | None = None
+    dir: str | None = None  # relative to the working directory and inside it; --out may point anywhere
     rows_per_file: int = Field(50_000, ge=1)
+
+    @field_validator("dir")
+    @classmethod
+    def _inside(cls, value: str | None) -> str | None:
+        if value is not None and (Path(value).is_absolute() or ".." in Path(value).parts):
+            raise ValueError(f"{value!r} must be a relative path inside the working directory (or use --out)")
+        return value
 
 
 class RunConfig(_Strict):
@@ -200,6 +209,14 @@ class DatasetSpec(_Strict):
     dedupe: DedupeConfig = DedupeConfig()
     decontamination: DecontaminationConfig = DecontaminationConfig()
 
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        # The name becomes folder names (out/<name>, distilabel's cache): no "/", no "..", no hidden names.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError(f"{value!r}: use letters, digits, '.', '_' and '-' only (it names the output folder)")
+        return value
+
     @model_validator(mode="after")
     def _gold_needed(self) -> DatasetSpec:
         if self.verification != "none" and not self.source.answer_field:
@@ -210,7 +227,7 @@ class DatasetSpec(_Strict):
 def _one_line(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "spec"
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key (remove it or check its spelling)"
     elif first["type"] == "missing":

@@ -180,14 +180,15 @@ def test_finalize_crash_at_any_rename_recovers_on_rerun(tmp_path: Path, monkeypa
 
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path):
     source = write_jsonl(tmp_path / "p.jsonl", [{"question": "1 + 1?", "answer": "2"}])
-    spec = write_spec(tmp_path / "p.yaml", source)
     out = tmp_path / "out"
     (out / ".cache").mkdir(parents=True)
-    with run_lock(out / ".cache"):
+    with LoopbackTeacher(_slow_sum) as teacher, run_lock(out / ".cache"):
         with pytest.raises(SpecError, match="another distill run"):
             with run_lock(out / ".cache"):
                 pass
+        spec = write_spec(tmp_path / "p.yaml", source, teacher={"base_url": teacher.base_url})
         result = run_distill("run", spec, "--out", out, check=False)
+        assert not teacher.requests
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {out / '.cache'}: another distill run (pid {os.getpid()}) is using this folder; wait for it "

@@ -1,0 +1,50 @@
+"""Turning failures into the one line the user sees, without secrets.
+
+``SpecError`` (pipelines/spec.py) already is such a line. Everything else that escapes a command goes through
+``error_line``: known OS conditions get a what-to-do, anything else its type and first line, always with
+the known secrets masked; the traceback is for ``--verbose``.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+RESUME_HINT = "rerun the same command to resume"
+
+
+class RunIncomplete(RuntimeError):
+    """The pipeline ended without writing every problem (a step failed); its message is the user's line."""
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` with every secret (API keys, tokens) replaced by ``***``."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def redact_url(url: str) -> str:
+    """``url`` without credentials or query (where tokens hide), for messages and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def error_line(exc: BaseException, secrets: Iterable[str | None] = ()) -> str:
+    """One line for an unexpected failure of a run."""
+    if isinstance(exc, RunIncomplete):
+        line = str(exc)
+    elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        line = f"{exc.filename or 'disk'}: no space left on device; free some space, then {RESUME_HINT}"
+    elif isinstance(exc, PermissionError):
+        line = f"{exc.filename or 'a file'}: permission denied; choose a folder you can write (--out, --cache-dir)"
+    elif isinstance(exc, OSError) and exc.filename:
+        line = f"{exc.filename}: {(exc.strerror or type(exc).__name__).lower()}; check the path, then {RESUME_HINT}"
+    else:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        line = f"{type(exc).__name__}: {first} ({RESUME_HINT}; --verbose shows the traceback)"
+    return redact(line, secrets)

@@ -1,0 +1,109 @@
+"""Checks before a run touches anything: the source has problems, the output stays put, the teacher answers.
+
+Each failure is a ``SpecError``: one line naming the field or file and what to do. They run in this order
+(cheapest and most local first) before the run takes its lock, creates a folder or writes a byte.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipelines.errors import redact_url
+from pipelines.source import iter_problems
+from pipelines.spec import DatasetSpec, SpecError, TeacherConfig
+
+log = logging.getLogger("distill")
+
+PROBE_TIMEOUT_S = 5.0
+
+
+def check_source(spec: DatasetSpec, limit: int | None) -> None:
+    """The source opens, has the mapped columns and at least one problem; a local file is read to the end
+    (encoding, JSON, ids, sizes), a Hub dataset up to its first problem."""
+    problems = iter_problems(spec.source, limit)
+    first = next(problems, None)
+    if spec.source.is_local:
+        for _ in problems:
+            pass
+    if first is None:
+        raise SpecError(f"source.path: {spec.source.path!r} has no problems in field "
+                        f"{spec.source.problem_field!r}; check the file or source.problem_field")
+
+
+def check_output(out_dir: Path, cwd: Path) -> Path:
+    """A dataset folder named by a spec (not on the command line) must lie inside the working directory."""
+    resolved = (cwd / out_dir).resolve()
+    if not resolved.is_relative_to(cwd.resolve()):
+        raise SpecError(f"output.dir: {str(out_dir)!r} leads outside the working directory; use a relative path "
+                        "inside it, or give the folder with --out")
+    return out_dir
+
+
+def _get(url: str, headers: dict[str, str], timeout: float) -> tuple[int, bytes]:
+    """Status and body of a GET (stdlib: nothing logged, unlike httpx at INFO)."""
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read(1_000_000)
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+
+
+def _probe(url: str, api_key: str | None, api_key_env: str, timeout: float) -> list[str]:
+    """GET ``url``/models; an error for what would fail every request, else the served model ids."""
+    shown = redact_url(url)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        status, body = _get(url.rstrip("/") + "/models", headers, timeout)
+    except (urllib.error.URLError, OSError) as exc:
+        cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        reason = f"no answer within {timeout:g} s" if isinstance(cause, TimeoutError) else _connect_reason(cause)
+        raise SpecError(f"teacher.base_url: cannot reach {shown} ({reason}); start the vLLM server or fix "
+                        "--teacher-url") from None
+    if status in (401, 403):
+        raise SpecError(f"teacher.api_key_env: {shown} refused the API key (HTTP {status}); "
+                        f"export {api_key_env}=<the server's key> or fix teacher.api_key_env")
+    if status == 404:
+        raise SpecError(f"teacher.base_url: {shown} is not an OpenAI-compatible API (GET /models answers HTTP "
+                        "404); give the URL that ends in /v1, e.g. http://host:8000/v1")
+    if status != 200:
+        return []  # reachable, and a server error now may pass: the requests are retried
+    try:
+        return [str(m.get("id")) for m in json.loads(body).get("data") or [] if isinstance(m, dict)]
+    except (ValueError, AttributeError):
+        return []
+
+
+def _connect_reason(exc: object) -> str:
+    text = str(exc).lower()
+    for needle, reason in (("refused", "connection refused"), ("name or service", "unknown host"),
+                           ("nodename", "unknown host"), ("no route", "no route to host"),
+                           ("unreachable", "network unreachable")):
+        if needle in text:
+            return reason
+    return type(exc).__name__
+
+
+def check_teacher(teacher: TeacherConfig, api_key: str | None, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Every teacher endpoint answers (HTTP teachers only); a model name it does not serve is a warning."""
+    if teacher.backend != "openai":
+        return
+    for url in teacher.base_urls:
+        served = _probe(url, api_key, teacher.api_key_env, timeout)
+        if served and teacher.model not in served:
+            log.warning("teacher.model: %r is not among the models served at %s (%s); requests will fail if "
+                        "the name is wrong (--teacher-model)", teacher.model, redact_url(url), ", ".join(served))
+
+
+def preflight(spec: DatasetSpec, limit: int | None, api_key: str | None, spec_out_dirs: Sequence[Path] = (),
+              cwd: Path | None = None) -> None:
+    """All checks; ``spec_out_dirs`` are the folders that came from the spec rather than the command line."""
+    check_source(spec, limit)
+    for folder in spec_out_dirs:
+        check_output(folder, cwd or Path.cwd())
+    check_teacher(spec.teacher, api_key)
