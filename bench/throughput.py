@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -157,7 +158,7 @@ def report_line(name: str, r: dict[str, Any]) -> str:
     rps, tps = r["requests"] / r["span_s"], r["tokens"] / r["span_s"]
     spread = "/".join(map(str, r["per_endpoint"])) if len(r["per_endpoint"]) > 1 else ""
     return (f"  {name:<34} {r['wall_s']:8.1f} {r['span_s']:8.1f} {rps:9.1f} {tps:11.0f} "
-            f"{r['utilisation']:6.1%} {r['cpu_s']:7.1f}  {spread}")
+            f"{r['utilisation']:6.1%} {r['peak_requests']:6d} {r['cpu_s']:7.1f}  {spread}")
 
 
 def measure(slots: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -170,25 +171,35 @@ def measure(slots: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         print(f"\nslots={slots} x {args.endpoints} endpoint(s), {args.requests} requests, "
               + ("instant teacher" if args.instant else
                  f"sequence time log-normal median {args.median}s sigma {args.sigma} cap {args.cap}s"))
-        print(f"  {'':<34} {'wall_s':>8} {'span_s':>8} {'req/s':>9} {'tokens/s':>11} {'util':>6} {'cpu_s':>7}")
-        raw = run_raw(urls, prompts, slots)
-        print(report_line(f"(a) raw client, {slots}/endpoint in flight", raw), flush=True)
-        runs = {}
-        for text in args.variants:
-            variant = parse_variant(text, args.batch_size)
-            case = work / f"{slots}-{text.replace(':', '_').replace(',', '_').replace('=', '')}"
-            case.mkdir()
-            spec = write_spec(case / "spec.yaml", source, urls, slots, variant)
-            result = run_pipeline(spec, case / "out", case / "distill.log", args.timeout)
-            if result["problems"] != args.requests:
-                raise RuntimeError(f"{text}: wrote {result['problems']} problems, expected {args.requests}")
-            result["ratio"] = raw["span_s"] / result["span_s"]
-            result["ratio_end_to_end"] = raw["wall_s"] / result["wall_s"]
-            runs[text] = result
-            print(report_line(f"(b) distill run [{text}]", result)
-                  + f"  b/a {result['ratio']:.3f} (end-to-end {result['ratio_end_to_end']:.3f})", flush=True)
+        print(f"  {'':<34} {'wall_s':>8} {'span_s':>8} {'req/s':>9} {'tokens/s':>11} {'util':>6} {'peak':>6} "
+              f"{'cpu_s':>7}")
+        rounds = []
+        for round_no in range(args.repeat):
+            # Raw and pipeline take turns, so a burst of load from elsewhere hits one round, not one side.
+            raw = run_raw(urls, prompts, slots)
+            print(report_line(f"(a) raw client, {slots}/endpoint in flight", raw), flush=True)
+            runs = {}
+            for text in args.variants:
+                variant = parse_variant(text, args.batch_size)
+                case = work / f"{slots}-{round_no}-{text.replace(':', '_').replace(',', '_').replace('=', '')}"
+                case.mkdir()
+                spec = write_spec(case / "spec.yaml", source, urls, slots, variant)
+                result = run_pipeline(spec, case / "out", case / "distill.log", args.timeout)
+                if result["problems"] != args.requests:
+                    raise RuntimeError(f"{text}: wrote {result['problems']} problems, expected {args.requests}")
+                result["ratio"] = raw["span_s"] / result["span_s"]
+                result["ratio_end_to_end"] = raw["wall_s"] / result["wall_s"]
+                runs[text] = result
+                print(report_line(f"(b) distill run [{text}]", result)
+                      + f"  b/a {result['ratio']:.3f} (end-to-end {result['ratio_end_to_end']:.3f})", flush=True)
+            rounds.append({"raw": raw, "pipeline": runs})
+        if args.repeat > 1:
+            for text in args.variants:
+                ratios = sorted(r["pipeline"][text]["ratio"] for r in rounds)
+                print(f"  [{text}] b/a over {args.repeat} rounds: median {statistics.median(ratios):.3f}, "
+                      f"min {ratios[0]:.3f}, max {ratios[-1]:.3f}", flush=True)
     return {"slots": slots, "endpoints": args.endpoints, "requests": args.requests, "instant": args.instant,
-            "raw": raw, "pipeline": runs}
+            "rounds": rounds}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cap", type=float, default=8.0, help="longest sequence (s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--instant", action="store_true", help="instant teacher: the pipeline's own overhead")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of (a) then (b), for a noisy machine")
     parser.add_argument("--timeout", type=float, default=1800, help="per distill run (s)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
