@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from pipelines.errors import redact_url
 from pipelines.source import iter_problems
@@ -58,8 +59,10 @@ def _probe(url: str, api_key: str | None, api_key_env: str, timeout: float) -> l
     """GET ``url``/models; an error for what would fail every request, else the served model ids."""
     shown = redact_url(url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    parts = urlsplit(url)  # user:password@ in a URL is not for urllib (it would read it as the host)
+    bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     try:
-        status, body = _get(url.rstrip("/") + "/models", headers, timeout)
+        status, body = _get(bare.rstrip("/") + "/models", headers, timeout)
     except (urllib.error.URLError, OSError) as exc:
         cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         reason = f"no answer within {timeout:g} s" if isinstance(cause, TimeoutError) else _connect_reason(cause)
