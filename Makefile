@@ -58,5 +58,10 @@ publish: ## Push a dataset folder to the Hub: make publish DATASET=out/gsm8k REP
 bench: ## Generation throughput against the teacher simulator
 	$(VENV)/bin/python bench/throughput.py $(ARGS)
 
+CHAOS_KILLS ?= 8
+CHAOS_SEED ?= 0
+chaos: ## kill -9 a run CHAOS_KILLS times at random points (CHAOS_SEED), resume; plus the fault suite (make test: 2 kills)
+	HF_HUB_OFFLINE=1 CHAOS_KILLS=$(CHAOS_KILLS) CHAOS_SEED=$(CHAOS_SEED) $(VENV)/bin/pytest -q tests/test_resume.py tests/test_faults.py $(ARGS)
+
 clean: ## Remove outputs (keeps the venvs)
 	rm -rf out .pytest_cache
