@@ -11,7 +11,14 @@ from typing import Any
 from pipelines.run_lock import run_lock
 from pipelines.source import iter_problems
 from pipelines.spec import DatasetSpec, SpecError
-from pipelines.store import done_problem_ids, finalize, meta_dir, remove_stale_temps, write_text_atomic
+from pipelines.store import (
+    done_problem_ids,
+    failed_problem_ids,
+    finalize,
+    meta_dir,
+    remove_stale_temps,
+    write_text_atomic,
+)
 
 log = logging.getLogger("distill")
 
@@ -92,7 +99,10 @@ def run_spec(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path |
 def _run_locked(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path, limit: int | None,
                 api_key: str | None) -> dict[str, Any]:
     total = _count_problems(spec, limit, cache_dir) if spec.source.is_local else limit
-    done = done_problem_ids(cache_dir)
+    failed = failed_problem_ids(cache_dir)
+    if failed:
+        log.info("asking the teacher again for %d problems whose requests failed in an earlier run", len(failed))
+    done = done_problem_ids(cache_dir) - failed
     state_file = cache_dir / "run_state.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {"wall_time_s": 0.0, "runs": 0}
     started = time.monotonic()

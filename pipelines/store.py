@@ -114,6 +114,30 @@ def done_problem_ids(cache_dir: Path) -> set[str]:
     return done
 
 
+def _versions(parts: list[Path]) -> dict[str, tuple[int, int]]:
+    """Per problem, ``(failed samples, index of the part)`` of the version whose rows the dataset keeps.
+
+    A rerun asks the teacher again for problems whose samples failed there (``teacher_error``) and appends
+    the answers as new parts; nothing is rewritten, so a crash at any point loses nothing. Of the versions of
+    a problem the one with the fewest failed samples wins, the earliest part on a tie.
+    """
+    best: dict[str, tuple[int, int]] = {}
+    for index, part in enumerate(parts):
+        table = pq.read_table(part, columns=["problem_id", "rejection_reason"])
+        failed: Counter[str] = Counter()
+        for pid, reason in zip(*table.to_pydict().values(), strict=True):
+            failed[pid] += reason == "teacher_error"
+        for pid, count in failed.items():
+            if pid not in best or (count, index) < best[pid]:
+                best[pid] = (count, index)
+    return best
+
+
+def failed_problem_ids(cache_dir: Path) -> set[str]:
+    """Problems whose best version still has samples the teacher failed on: a rerun asks for them again."""
+    return {pid for pid, (failed, _) in _versions(part_files(cache_dir)).items() if failed}
+
+
 def _tables(parts: list[Path], schema: pa.Schema) -> Iterator[pa.Table]:
     for part in parts:
         table = pq.read_table(part)
@@ -135,7 +159,11 @@ def finalize(cache_dir: Path, out_dir: Path, rows_per_file: int, run_info: dict[
     written: list[Path] = []
     writer, rows_in_file = None, 0
     collector = StatsCollector()
-    for table in _tables(parts, schema):
+    versions = _versions(parts)
+    for index, table in enumerate(_tables(parts, schema)):
+        # Every problem once: only the rows of its chosen version (see _versions).
+        table = table.filter(pa.array([versions[pid][1] == index for pid in table.column("problem_id").to_pylist()],
+                                      type=pa.bool_()))
         collector.add(table)
         for batch in table.to_batches(max_chunksize=rows_per_file):
             if writer is None or rows_in_file >= rows_per_file:

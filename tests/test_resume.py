@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import DISTILL, ROOT, run_distill, write_jsonl, write_spec
 
+from pipelines.loopback.faults import FaultPlan
 from pipelines.loopback.teacher import LoopbackTeacher
 from pipelines.run_lock import run_lock
 from pipelines.spec import SpecError
@@ -194,3 +195,26 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path):
         f"error: {out / '.cache'}: another distill run (pid {os.getpid()}) is using this folder; wait for it "
         "to finish, or give this run another --out or --cache-dir")
     assert sorted(p.name for p in out.rglob("*")) == [".cache", "run.lock"]
+
+
+def test_a_rerun_asks_again_for_what_the_teacher_failed_and_keeps_one_version(tmp_path: Path):
+    """A teacher outage during a run: the rerun regenerates only the failed problems; each sample once."""
+    rows = [{"question": f"What is {i} + {i + 2}?" + (" DOWN" if i % 3 == 0 else ""), "answer": str(2 * i + 2)}
+            for i in range(9)]
+    source = write_jsonl(tmp_path / "sums.jsonl", rows)
+    out = tmp_path / "out"
+    with LoopbackTeacher(_slow_sum, faults=FaultPlan(always={"DOWN": "http_503"})) as failing:
+        spec = write_spec(tmp_path / "sums.yaml", source, teacher={"base_url": failing.base_url, "max_retries": 0})
+        first = run_distill("run", spec, "--out", out)
+    assert '"teacher_error": 6' in first.stdout  # 3 problems x 2 samples
+    with LoopbackTeacher(_slow_sum) as healthy:
+        run_distill("run", spec, "--out", out, "--teacher-url", healthy.base_url)
+        asked = sorted(int(re.findall(r"\d+", r["messages"][-1]["content"])[0]) for r in healthy.requests)
+        run_distill("run", spec, "--out", out, "--teacher-url", healthy.base_url)  # nothing left to ask
+        assert len(healthy.requests) == len(asked)
+    assert asked == [0, 3, 6]
+    frame = pd.read_parquet(out)
+    assert len(frame) == 9 * SAMPLES and not frame.duplicated(["problem_id", "sample_index"]).any()
+    assert frame.kept.all() and frame.error.isna().all()
+    stats = json.loads((out / "__meta__" / "stats.json").read_text())
+    assert stats["samples"] == 18 and stats["reasons"] == {"kept": 18} and stats["runs"] == 3
