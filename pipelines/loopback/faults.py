@@ -1,10 +1,11 @@
 """Seeded fault injection for the loopback teacher: what real teacher servers and networks do wrong.
 
-A ``FaultPlan`` picks, per chat-completions request, either no fault or one of ``FAULT_KINDS``: at random
-with probability ``rate`` (seeded); on every attempt for problems whose prompt contains a marker
-(``always={"POISON": "http_503"}``), which is how a test makes a sample fail for good; or as a script of
-successive attempts (``script={"P7": ["reset", "hang"]}``: the third attempt succeeds). ``serve_fault`` then
-answers the request the way that fault looks on the wire.
+A ``FaultPlan`` picks, per chat-completions request, either no fault or one of ``FAULT_KINDS``:
+- with probability ``rate`` (seeded) a request fails, the kinds taken in turn so that every kind shows up;
+- on every attempt for problems whose prompt contains a marker (``always={"POISON": "http_503"}``),
+  which is how a test makes a sample fail for good;
+- as a script of successive attempts (``script={"P7": ["reset", "hang"]}``: the third attempt succeeds).
+``serve_fault`` then answers the request the way that fault looks on the wire.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class FaultInjector:
         self.injected: Counter[str] = Counter()
         self.log: list[tuple[str, str]] = []  # (fault kind, last user message) per injected fault
         self.attempts: Counter[str] = Counter()  # requests seen per scripted marker
+        self.random_faults = 0
         self._rng = random.Random(plan.seed)
         self._lock = threading.Lock()
         self._released = threading.Event()
@@ -71,7 +73,8 @@ class FaultInjector:
                 script = self.plan.script[marker]
                 kind = script[attempt] if attempt < len(script) else None
             elif kind is None and self.plan.rate and self._rng.random() < self.plan.rate:
-                kind = self._rng.choice(list(self.plan.kinds))
+                kind = self.plan.kinds[self.random_faults % len(self.plan.kinds)]
+                self.random_faults += 1
             if kind is not None:
                 self.injected[kind] += 1
                 self.log.append((kind, prompt))
