@@ -27,7 +27,7 @@ from pipelines.run_lock import run_lock
 from pipelines.spec import SpecError
 from pipelines.store import finalize, part_files, write_part
 
-PROBLEMS = 64
+PROBLEMS = 96
 BATCH = 4
 SAMPLES = 2
 KILLS = int(os.environ.get("CHAOS_KILLS", "2"))
@@ -74,12 +74,12 @@ def _wait_for(condition, proc: subprocess.Popen[bytes], limit_s: float = 240) ->
     raise AssertionError("the run neither reached the kill point nor finished")
 
 
-def _kill_point(rng: random.Random, i: int, batches_left: int) -> tuple[str, float]:
-    """Alternating: a kill at a random time after the start (in start-up, generation or finalize), and one
-    after a random number of new part files (mid-generation) plus a random fraction of a second."""
+def _kill_point(rng: random.Random, i: int, batches_left: int, kills_left: int) -> tuple[str, float]:
+    """Alternating: a kill at a random time after the start (in start-up or generation), and one after a random
+    number of new part files (mid-generation; leaving work for the kills to come) plus a fraction of a second."""
     if i % 2 == 0:
-        return "time", rng.uniform(0.3, 6.0)
-    return "parts", rng.randint(1, max(batches_left - 1, 1)) + rng.random()
+        return "time", rng.uniform(0.3, 4.0)
+    return "parts", rng.randint(1, max(batches_left // (kills_left + 1), 1)) + rng.random()
 
 
 def test_kill_9_at_random_points_then_resume_loses_and_duplicates_nothing(tmp_path: Path):
@@ -97,7 +97,7 @@ def test_kill_9_at_random_points_then_resume_loses_and_duplicates_nothing(tmp_pa
             batches_left = (PROBLEMS - len(_parts_problem_ids(cache))) // BATCH
             if batches_left < 2:
                 break
-            how, when = _kill_point(rng, i, batches_left)
+            how, when = _kill_point(rng, i, batches_left, KILLS - i)
             proc = _start(spec, out, log)
             if how == "time":
                 started = time.monotonic()
@@ -123,6 +123,7 @@ def test_kill_9_at_random_points_then_resume_loses_and_duplicates_nothing(tmp_pa
         proc = _start(spec, out, log)
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
         final_requests = teacher.requests[requests_before:]
+    print(f"{kills} kills, {killed_mid_generation} with some but not all problems written")
     assert kills >= min(KILLS, 2) and killed_mid_generation >= 1, (kills, killed_mid_generation)
     # The resumed run asked only for the problems that were not written yet.
     asked = sorted(re.findall(r"What is (\d+) \+", r["messages"][-1]["content"])[0] for r in final_requests)
