@@ -108,6 +108,8 @@ def _from_completion(completion: Any, n: int) -> dict[str, Any]:
             "prompt_tokens": prompt_tokens,
             "error": None if message.content is not None or reasoning else "empty content",
         }
+        if choice.finish_reason in ("abort", "error"):  # vLLM cut it off: a partial text is never an answer
+            sample["error"] = f"finish_reason {choice.finish_reason}"
         content_logprobs = getattr(getattr(choice, "logprobs", None), "content", None)
         if content_logprobs:
             sample["tokens"] = [t.token for t in content_logprobs]

@@ -171,6 +171,15 @@ def test_truncation_is_an_answer_not_retried():
     assert [s["text"] for s in out["samples"]] == [ANSWER[: len(ANSWER) // 2]] * 2
 
 
+def test_an_aborted_completion_is_a_teacher_error_not_an_answer():
+    def aborted(messages: list[dict[str, str]], index: int) -> dict:
+        return {"content": ANSWER, "finish_reason": "abort" if index == 0 else "stop"}
+
+    with LoopbackTeacher(aborted) as teacher:
+        out = _generate(teacher, "3 + 4", max_retries=3)
+    assert [s["error"] for s in out["samples"]] == ["finish_reason abort", None]
+
+
 # ------------------------------------------------------------------ a whole run with 10% faults
 
 PROBLEMS = 80
