@@ -160,6 +160,8 @@ def test_unreachable_teacher(finished):
     spec = _spec(finished, "offline", teacher={"base_url": f"http://127.0.0.1:{port}/v1"})
     assert _fails(finished, spec) == (f"teacher.base_url: cannot reach http://127.0.0.1:{port}/v1 (connection "
                                       "refused); start the vLLM server or fix --teacher-url")
+    fresh = finished["root"] / "fresh-out"  # a new folder is not even created
+    assert run_distill("run", spec, "--out", fresh, check=False).returncode == 2 and not fresh.exists()
     # The same from the command line, and a flag value that is not a URL.
     assert _fails(finished, _spec(finished, "fine"), "--teacher-url", f"http://127.0.0.1:{port}/v1").startswith(
         f"teacher.base_url: cannot reach http://127.0.0.1:{port}/v1 (connection refused)")
