@@ -72,13 +72,13 @@ def _retry_after(exc: BaseException) -> float | None:
 
 def classify(exc: BaseException) -> Failure:
     """What kind of failure ``exc`` is. Works on openai/httpx exceptions without needing to import them."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
     status = getattr(exc, "status_code", None)
-    if isinstance(status, int):
+    if isinstance(status, int) and "APIResponseValidationError" not in names:  # that one carries the 200
         retryable = status in RETRY_STATUSES or status >= 500
         return Failure(f"HTTP {status}", retryable, _retry_after(exc) if retryable else None)
     if isinstance(exc, BadResponse):
         return Failure(str(exc), True)
-    names = {cls.__name__ for cls in type(exc).__mro__}
     if names & {"APITimeoutError", "TimeoutException", "TimeoutError"}:
         return Failure("timeout", True)
     if names & {"APIConnectionError", "TransportError", "ConnectionError"}:

@@ -58,6 +58,8 @@ def test_classify_each_failure():
         "httpx": (httpx.ReadError("reset by peer"), Failure("connection error", True)),
         "json": (json.JSONDecodeError("Unterminated string", "{", 1), Failure("malformed response", True)),
         "empty": (BadResponse("empty choices"), Failure("empty choices", True)),
+        "shape": (openai.APIResponseValidationError(httpx.Response(200, request=request), body=None),
+                  Failure("malformed response", True)),
         "bug": (KeyError("x"), Failure("KeyError", False)),
     }
     for name, (exc, expected) in cases.items():
