@@ -156,3 +156,16 @@ def test_spec_yaml_keeps_no_secret_fields():
     with pytest.raises(Exception, match="api_key"):
         TeacherConfig.model_validate({"api_key": SECRET})
     assert "api_key" not in yaml.safe_dump(TeacherConfig().model_dump()).replace("api_key_env", "")
+
+
+def test_a_spec_output_folder_cannot_escape_through_a_symlink(tmp_path: Path):
+    from pipelines.preflight import check_output
+
+    work, outside = tmp_path / "work", tmp_path / "outside"
+    work.mkdir()
+    outside.mkdir()
+    (work / "data").symlink_to(outside)
+    assert check_output(Path("out/gsm8k"), work) == Path("out/gsm8k")
+    with pytest.raises(SpecError, match="output.dir: 'data/gsm8k' leads outside the working directory"):
+        check_output(Path("data/gsm8k"), work)
+    assert not list(outside.iterdir())
