@@ -107,7 +107,8 @@ def test_resume_does_not_redo_finished_problems(problems_spec: Path, tmp_path: P
         assert len(pd.read_parquet(out)) == 4
         run_distill("run", problems_spec, "--teacher-url", teacher.base_url, "--out", out, "--cache-dir", cache)
         asked = [r["messages"][-1]["content"] for r in teacher.requests[2:]]
-    assert asked == [PROBLEMS[2]["question"], PROBLEMS[3]["question"]]
+    # The window sends requests concurrently, so their order is free; their set is not.
+    assert sorted(asked) == sorted([PROBLEMS[2]["question"], PROBLEMS[3]["question"]])
     frame = pd.read_parquet(out)
     assert len(frame) == 8 and not frame.duplicated(["problem_id", "sample_index"]).any()
     stats = json.loads((out / "__meta__" / "stats.json").read_text())
