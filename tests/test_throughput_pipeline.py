@@ -70,3 +70,36 @@ def test_batch_dispatch_still_writes_every_problem_once(tmp_path, count):
         run_distill("run", spec, "--out", tmp_path / "out")
         assert server.stats()["requests"] == count
     assert samples_per_problem(tmp_path / "out") == {str(i): [0, 1] for i in range(count)}
+
+
+@pytest.mark.parametrize("count,batch", [(8, 4), (9, 4), (1, 4), (3, 1)])
+def test_loader_never_ends_on_an_empty_batch_and_marks_the_last_problem(tmp_path, count, batch):
+    from pipelines.spec import SourceConfig
+    from pipelines.steps.load import END_OF_STREAM, LoadProblems
+
+    source = problems_file(tmp_path / "problems.jsonl", count)
+    load = LoadProblems(source=SourceConfig(path=str(source), problem_field="question"), batch_size=batch,
+                        skip_ids=["0"])
+    load.load()
+    batches = list(load.process())
+    rows = [row for rows, _ in batches for row in rows]
+    assert [last for _, last in batches] == [False] * (len(batches) - 1) + [True]
+    assert all(rows for rows, _ in batches) if count > 1 else batches == [([], True)]
+    assert [r["problem_id"] for r in rows] == [str(i) for i in range(1, count)]
+    assert [r[END_OF_STREAM] for r in rows] == [False] * (len(rows) - 1) + [True] * bool(rows)
+
+
+def test_throttled_pipeline_snapshots_at_most_every_few_seconds(monkeypatch):
+    from distilabel.pipeline import Pipeline
+
+    from pipelines.throttled_pipeline import ThrottledPipeline
+
+    snapshots = []
+    monkeypatch.setattr(Pipeline, "_cache", lambda self: snapshots.append(1))
+    monkeypatch.setattr(Pipeline, "_finalize_pipeline_execution", lambda self: self._cache())
+    pipeline = ThrottledPipeline(name="throttle-test")
+    for _ in range(50):
+        pipeline._cache()
+    assert len(snapshots) == 1  # the first, then nothing within snapshot_every_s
+    pipeline._finalize_pipeline_execution()
+    assert len(snapshots) == 2  # the final snapshot is never skipped
