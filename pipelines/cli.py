@@ -51,7 +51,7 @@ def run(
     """Generate, parse, verify and write a trace dataset for SPEC."""
     from pipelines.errors import error_line
     from pipelines.preflight import preflight
-    from pipelines.run import run_spec
+    from pipelines.run import run_spec, work_left
 
     api_key = None
     try:
@@ -73,7 +73,8 @@ def run(
         out_dir = out or Path(dataset.output.dir or f"out/{dataset.name}")
         api_key = os.environ.get(dataset.teacher.api_key_env)
         # Source, output folder and teacher are checked before anything is created or written.
-        preflight(dataset, limit, api_key, spec_out_dirs=[] if out else [out_dir])
+        preflight(dataset, limit, api_key, spec_out_dirs=[] if out else [out_dir],
+                  probe_teacher=work_left(dataset, limit, cache_dir or out_dir / ".cache"))
         stats = run_spec(dataset, text, out_dir, cache_dir=cache_dir, limit=limit, api_key=api_key)
     except SpecError as exc:
         fail(str(exc))

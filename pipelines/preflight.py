@@ -104,9 +104,13 @@ def check_teacher(teacher: TeacherConfig, api_key: str | None, timeout: float = 
 
 
 def preflight(spec: DatasetSpec, limit: int | None, api_key: str | None, spec_out_dirs: Sequence[Path] = (),
-              cwd: Path | None = None) -> None:
-    """All checks; ``spec_out_dirs`` are the folders that came from the spec rather than the command line."""
+              cwd: Path | None = None, probe_teacher: bool = True) -> None:
+    """All checks; ``spec_out_dirs`` are the folders that came from the spec rather than the command line.
+
+    ``probe_teacher`` is off when every problem is already done: such a run needs no teacher.
+    """
     check_source(spec, limit)
     for folder in spec_out_dirs:
         check_output(folder, cwd or Path.cwd())
-    check_teacher(spec.teacher, api_key)
+    if probe_teacher:
+        check_teacher(spec.teacher, api_key)

@@ -74,6 +74,17 @@ def _count_problems(spec: DatasetSpec, limit: int | None, cache_dir: Path | None
     return count
 
 
+def work_left(spec: DatasetSpec, limit: int | None, cache_dir: Path) -> bool:
+    """Whether a run would ask the teacher for anything (a finished local run only rewrites the dataset)."""
+    if not spec.source.is_local or not cache_dir.is_dir():
+        return True
+    from pipelines.filters.apply import ProblemFilter
+
+    done = done_problem_ids(cache_dir) - failed_problem_ids(cache_dir)
+    problems = ProblemFilter(spec.dedupe, spec.decontamination).apply(iter_problems(spec.source, limit))
+    return any(row["problem_id"] not in done for _, row in problems)
+
+
 def _check_complete(spec: DatasetSpec, total: int | None, cache_dir: Path) -> None:
     """distilabel turns a failed batch into None rows and carries on: say so instead of finishing short."""
     if total is None or not spec.source.is_local:

@@ -165,14 +165,17 @@ def finalize(cache_dir: Path, out_dir: Path, rows_per_file: int, run_info: dict[
         table = table.filter(pa.array([versions[pid][1] == index for pid in table.column("problem_id").to_pylist()],
                                       type=pa.bool_()))
         collector.add(table)
-        for batch in table.to_batches(max_chunksize=rows_per_file):
+        offset = 0
+        while offset < table.num_rows:  # fill each shard to exactly rows_per_file rows, parts notwithstanding
             if writer is None or rows_in_file >= rows_per_file:
                 if writer:
                     writer.close()
                 written.append(out_dir / f".data-{len(written):05d}-{tag}.tmp")
                 writer, rows_in_file = pq.ParquetWriter(written[-1], schema), 0
-            writer.write_batch(batch)
-            rows_in_file += batch.num_rows
+            chunk = table.slice(offset, rows_per_file - rows_in_file)
+            writer.write_table(chunk)
+            rows_in_file += chunk.num_rows
+            offset += chunk.num_rows
     if writer:
         writer.close()
     for old in stale:

@@ -72,14 +72,27 @@ def score_dataset(scorer: Any, in_dir: Path, out_dir: Path, chunk_rows: int = 51
     cache = out_dir / ".cache" / "prm-score"
     shutil.rmtree(cache, ignore_errors=True)
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+
+    def score_and_write(records: list[dict[str, Any]]) -> None:
+        records = score_samples(scorer, records, [r["problem"] for r in records], scorer.cfg.score_rejected)
+        for record in records:
+            counts[record["problem_id"]][0] += bool(record.get("kept"))
+            counts[record["problem_id"]][1] += 1
+        write_part(cache, records)
+
+    # A part holds whole problems (finalize keeps one part's version of each problem). A problem's samples
+    # are contiguous in the dataset, so the last problem of a chunk waits for the next chunk.
+    pending: list[dict[str, Any]] = []
     for shard in shards:
         for batch in pq.ParquetFile(shard).iter_batches(batch_size=chunk_rows):
-            records = batch.to_pylist()
-            records = score_samples(scorer, records, [r["problem"] for r in records], scorer.cfg.score_rejected)
-            for record in records:
-                counts[record["problem_id"]][0] += bool(record.get("kept"))
-                counts[record["problem_id"]][1] += 1
-            write_part(cache, records)
+            pending += batch.to_pylist()
+            last = pending[-1]["problem_id"]
+            ready = next((i for i, r in enumerate(pending) if r["problem_id"] == last), len(pending))
+            if ready:
+                score_and_write(pending[:ready])
+                pending = pending[ready:]
+    if pending:
+        score_and_write(pending)
     _set_pass_rates(part_files(cache), counts)
     cfg = scorer.cfg
     run_info["prm"] = {"model": cfg.model, "style": cfg.style, "backend": cfg.backend,
