@@ -8,11 +8,11 @@ tag token (vLLM's STEP pooler). Rows are ``[P(+), P(-)]`` renormalised over the 
 
 from __future__ import annotations
 
-import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from pipelines.loopback.http import JsonHandler, LoopbackServer
 
 
 class LoopbackPrmServer:
@@ -32,13 +32,13 @@ class LoopbackPrmServer:
         self.returned = [self.tokenizer.encode(t, add_special_tokens=False)[-1] for t in ("+", "-")]
         self.requests: list[dict[str, Any]] = []
         self.fail_with: int | None = None
-        self._server: ThreadingHTTPServer | None = None
+        self._http: LoopbackServer | None = None
         self._lock = threading.Lock()
 
     @property
     def base_url(self) -> str:
-        assert self._server is not None, "server not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        assert self._http is not None, "server not started"
+        return self._http.url
 
     def rows(self, text: str) -> list[list[float]]:
         import torch
@@ -63,37 +63,22 @@ class LoopbackPrmServer:
     def __enter__(self) -> LoopbackPrmServer:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                body = self.read_json()
                 if self.path.rstrip("/") != "/pooling":
-                    self._send(404, {"object": "error", "message": f"no route {self.path}"})
+                    self.send_json(404, {"object": "error", "message": f"no route {self.path}"})
                 elif server.fail_with:
-                    self._send(server.fail_with, {"object": "error", "message": "model overloaded"})
+                    self.send_json(server.fail_with, {"object": "error", "message": "model overloaded"})
                 elif body.get("model") != server.model_name:
-                    self._send(404, {"object": "error", "message": f"The model `{body.get('model')}` does not exist."})
+                    message = f"The model `{body.get('model')}` does not exist."
+                    self.send_json(404, {"object": "error", "message": message})
                 else:
-                    self._send(200, server.pool(body))
+                    self.send_json(200, server.pool(body))
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._http = LoopbackServer(Handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
+        if self._http:
+            self._http.stop()

@@ -18,10 +18,11 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import yaml
+
+from pipelines.loopback.http import JsonHandler, LoopbackServer
 
 _REPO = r"(?P<type>model|dataset|space)s/(?P<repo>[^/]+/[^/]+)"
 ROUTES = [
@@ -73,12 +74,12 @@ class LoopbackHub:
         self.repos: dict[str, Repo] = {}
         self._failures: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._http: LoopbackServer | None = None
 
     @property
     def endpoint(self) -> str:
-        assert self._server is not None, "server not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        assert self._http is not None, "server not started"
+        return self._http.url
 
     def fail(self, endpoint: str, status: int, times: int = 1, message: str = "loopback failure",
              headers: dict[str, str] | None = None) -> None:
@@ -231,45 +232,19 @@ class LoopbackHub:
     def __enter__(self) -> LoopbackHub:
         hub = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(JsonHandler):
             def _serve(self) -> None:
-                raw = self._body()
+                raw = self.read_body()
                 status, body, headers = hub.handle(self.command, self.path, self.headers.get("Authorization"), raw)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
                 if "error" in body and status >= 400:
                     headers = {"X-Error-Message": body["error"], **headers}
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    chunks = []
-                    while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
-                        chunks.append(self.rfile.read(size))
-                        self.rfile.readline()
-                    self.rfile.readline()
-                    return b"".join(chunks)
-                length = int(self.headers.get("Content-Length") or 0)
-                return self.rfile.read(length) if length else b""
+                self.send_json(status, body, headers)
 
             do_GET = do_POST = do_PUT = _serve
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                return
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._http = LoopbackServer(Handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        if self._http is not None:
+            self._http.stop()

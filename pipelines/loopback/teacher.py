@@ -7,14 +7,13 @@ A ``responder(messages, index)`` gives the content (and optionally ``reasoning_c
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from pipelines.loopback.faults import FaultInjector, FaultPlan, serve_fault
+from pipelines.loopback.http import JsonHandler, LoopbackServer
 
 Responder = Callable[[list[dict[str, str]], int], "str | dict[str, Any]"]
 # (text, top_k, as_ids) -> {"content": [...]} in the OpenAI logprobs shape; replaces _fake_logprobs when given.
@@ -50,13 +49,12 @@ class LoopbackTeacher:
         self.model = model
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: LoopbackServer | None = None
 
     @property
     def base_url(self) -> str:
-        assert self._server is not None, "server not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        assert self._http is not None, "server not started"
+        return f"{self._http.url}/v1"
 
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -85,50 +83,30 @@ class LoopbackTeacher:
     def __enter__(self) -> LoopbackTeacher:
         teacher = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def do_GET(self) -> None:  # noqa: N802
                 if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, {"object": "list", "data": [{"id": teacher.model, "object": "model"}]})
+                    self.send_json(200, {"object": "list", "data": [{"id": teacher.model, "object": "model"}]})
                 else:
-                    self._send(404, {"error": {"message": "not found"}})
+                    self.send_json(404, {"error": {"message": "not found"}})
 
             def do_POST(self) -> None:  # noqa: N802
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
+                body = self.read_json()
                 if not self.path.endswith("/chat/completions"):
-                    self._send(404, {"error": {"message": "not found"}})
+                    self.send_json(404, {"error": {"message": "not found"}})
                     return
                 teacher.authorizations.add(self.headers.get("Authorization") or "")
                 fault = teacher.faults.choose(body) if teacher.faults else None
                 if fault is not None:
                     serve_fault(self, fault, teacher.faults, lambda: teacher.complete(body))
                     return
-                self._send(200, teacher.complete(body))
+                self.send_json(200, teacher.complete(body))
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._http = LoopbackServer(Handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.faults:
             self.faults.release()
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread:
-            self._thread.join(timeout=5)
+        if self._http:
+            self._http.stop()
