@@ -157,15 +157,19 @@ def test_duplicate_ids(finished):
 
 def test_unreachable_teacher(finished):
     port = _free_port()  # bound then closed: nothing listens there
-    spec = _spec(finished, "offline", teacher={"base_url": f"http://127.0.0.1:{port}/v1"})
+    # One problem more than the finished folder holds: there is work for the teacher. (A rerun with nothing
+    # left to generate needs no teacher and only rewrites the dataset: see test_publish.)
+    more = write_jsonl(finished["root"] / "more.jsonl", [*ROWS, {"question": "What is 6 + 6?", "answer": "12"}])
+    spec = _spec(finished, "offline", source=more, teacher={"base_url": f"http://127.0.0.1:{port}/v1"})
     assert _fails(finished, spec) == (f"teacher.base_url: cannot reach http://127.0.0.1:{port}/v1 (connection "
                                       "refused); start the vLLM server or fix --teacher-url")
     fresh = finished["root"] / "fresh-out"  # a new folder is not even created
     assert run_distill("run", spec, "--out", fresh, check=False).returncode == 2 and not fresh.exists()
     # The same from the command line, and a flag value that is not a URL.
-    assert _fails(finished, _spec(finished, "fine"), "--teacher-url", f"http://127.0.0.1:{port}/v1").startswith(
+    fine = _spec(finished, "fine", source=more)
+    assert _fails(finished, fine, "--teacher-url", f"http://127.0.0.1:{port}/v1").startswith(
         f"teacher.base_url: cannot reach http://127.0.0.1:{port}/v1 (connection refused)")
-    assert _fails(finished, _spec(finished, "fine"), "--teacher-url", "localhost:8000") == (
+    assert _fails(finished, fine, "--teacher-url", "localhost:8000") == (
         "--teacher-url: not a URL: 'localhost:8000' (expected http://host:port/v1)")
 
 
