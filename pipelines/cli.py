@@ -88,7 +88,7 @@ def run(
 OFFLINE_BANNER = (
     "OFFLINE demo: a tiny random local model stands in for the teacher. Everything below is real "
     "(Distilabel pipeline, parsing, verification, parquet, stats) but the model's output is plumbing, "
-    "not reasoning: expect nearly every sample rejected (no_thought)."
+    "not reasoning: expect nearly every sample rejected (no_thought, or truncated at the token budget)."
 )
 
 

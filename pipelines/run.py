@@ -75,8 +75,12 @@ def _count_problems(spec: DatasetSpec, limit: int | None, cache_dir: Path | None
 
 
 def work_left(spec: DatasetSpec, limit: int | None, cache_dir: Path) -> bool:
-    """Whether a run would ask the teacher for anything (a finished local run only rewrites the dataset)."""
-    if not spec.source.is_local or not cache_dir.is_dir():
+    """Whether a run would ask the teacher for anything (a finished run only rewrites the dataset).
+
+    Stops at the first problem not done, so it reads the whole source only when everything is done, which is
+    also when it matters: distilabel would wait forever for the loader's empty last batch.
+    """
+    if not cache_dir.is_dir():
         return True
     from pipelines.filters.apply import ProblemFilter
 
@@ -117,14 +121,14 @@ def _run_locked(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Pat
     state_file = cache_dir / "run_state.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {"wall_time_s": 0.0, "runs": 0}
     started = time.monotonic()
-    if total is None or len(done) < total:
+    if work_left(spec, limit, cache_dir):
         log.info("running %s: %s problems to do, %d already done", spec.name,
                  "?" if total is None else total - len(done), len(done))
         pipeline = build_pipeline(spec, cache_dir, limit, done, api_key=api_key, total=total)
         pipeline.run(use_cache=False)
         _check_complete(spec, total, cache_dir)
     else:
-        log.info("all %d problems already done; writing the dataset", total)
+        log.info("all %d problems already done; writing the dataset", len(done))
     state = {"wall_time_s": state["wall_time_s"] + time.monotonic() - started, "runs": state["runs"] + 1}
     write_text_atomic(state_file, json.dumps(state))
     run_info = {"spec": spec.name, "teacher_model": spec.teacher.model, "backend": spec.teacher.backend,

@@ -154,3 +154,26 @@ def test_spec_errors_name_the_field(tmp_path: Path) -> None:
     typo = write_spec(tmp_path / "typo.yaml", source, teacher={"num_sample": 3})
     result = run_distill("run", typo, "--out", tmp_path / "o", check=False)
     assert "teacher.num_sample: unknown key" in result.stderr
+
+
+def test_work_left_decides_whether_the_teacher_is_needed(tmp_path: Path) -> None:
+    from pipelines.run import work_left
+    from pipelines.spec import load_spec
+    from pipelines.store import write_part
+
+    source = write_jsonl(tmp_path / "problems.jsonl", PROBLEMS)
+    spec, _ = load_spec(str(write_spec(tmp_path / "w.yaml", source)))
+    cache = tmp_path / "cache"
+    assert work_left(spec, None, cache)  # nothing written yet
+
+    def record(pid: int, reason: str | None) -> dict:
+        return {"problem_id": str(pid), "problem_index": pid, "sample_index": 0, "problem": "p", "gold": "1",
+                "kept": reason is None, "rejection_reason": reason}
+
+    write_part(cache, [record(0, None), record(1, "incorrect"), record(2, None)])
+    assert work_left(spec, None, cache)  # problem 3 is missing
+    assert not work_left(spec, 3, cache)  # but not among the first three
+    write_part(cache, [record(3, "teacher_error")])
+    assert work_left(spec, None, cache)  # the teacher failed on problem 3: ask again
+    write_part(cache, [record(3, None)])
+    assert not work_left(spec, None, cache)  # a later version answered it
