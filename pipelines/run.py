@@ -61,30 +61,36 @@ def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_i
     return pipeline
 
 
-def _count_problems(spec: DatasetSpec, limit: int | None, cache_dir: Path | None = None) -> int:
+def _kept_problem_ids(spec: DatasetSpec, limit: int | None, cache_dir: Path) -> list[str]:
+    """The ids of a local source's problems that dedupe and decontamination keep; writes the filter report."""
     from pipelines.filters.apply import ProblemFilter
 
     problems = ProblemFilter(spec.dedupe, spec.decontamination)
-    count = sum(1 for _ in problems.apply(iter_problems(spec.source, limit)))
-    if cache_dir is not None:
-        problems.write_report(cache_dir)
-    if count == 0:
+    ids = [row["problem_id"] for _, row in problems.apply(iter_problems(spec.source, limit))]
+    problems.write_report(cache_dir)
+    if not ids:
         raise SpecError(f"source.path: {spec.source.path!r} has no problems in field "
                         f"{spec.source.problem_field!r}; check the file or the field name")
-    return count
+    return ids
 
 
-def work_left(spec: DatasetSpec, limit: int | None, cache_dir: Path) -> bool:
+def work_left(spec: DatasetSpec, limit: int | None, cache_dir: Path, kept_ids: list[str] | None = None) -> bool:
     """Whether a run would ask the teacher for anything (a finished run only rewrites the dataset).
 
-    Stops at the first problem not done, so it reads the whole source only when everything is done, which is
-    also when it matters: distilabel would wait forever for the loader's empty last batch.
+    ``kept_ids`` are the filtered problems when the caller has them. Otherwise the source is read raw first:
+    when every problem is done the filters (benchmark loads, MinHash of every problem) are not needed at all.
+    With them, it stops at the first problem not done; it reads everything only when all is done, which is
+    when it matters: distilabel would wait forever for the loader's empty last batch.
     """
     if not cache_dir.is_dir():
         return True
+    done = done_problem_ids(cache_dir) - failed_problem_ids(cache_dir)
+    if kept_ids is not None:
+        return any(pid not in done for pid in kept_ids)
+    if all(row["problem_id"] in done for row in iter_problems(spec.source, limit)):
+        return False
     from pipelines.filters.apply import ProblemFilter
 
-    done = done_problem_ids(cache_dir) - failed_problem_ids(cache_dir)
     problems = ProblemFilter(spec.dedupe, spec.decontamination).apply(iter_problems(spec.source, limit))
     return any(row["problem_id"] not in done for _, row in problems)
 
@@ -113,7 +119,8 @@ def run_spec(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path |
 
 def _run_locked(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path, limit: int | None,
                 api_key: str | None) -> dict[str, Any]:
-    total = _count_problems(spec, limit, cache_dir) if spec.source.is_local else limit
+    kept_ids = _kept_problem_ids(spec, limit, cache_dir) if spec.source.is_local else None
+    total = len(kept_ids) if kept_ids is not None else limit
     failed = failed_problem_ids(cache_dir)
     if failed:
         log.info("asking the teacher again for %d problems whose requests failed in an earlier run", len(failed))
@@ -121,7 +128,7 @@ def _run_locked(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Pat
     state_file = cache_dir / "run_state.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {"wall_time_s": 0.0, "runs": 0}
     started = time.monotonic()
-    if work_left(spec, limit, cache_dir):
+    if work_left(spec, limit, cache_dir, kept_ids):
         log.info("running %s: %s problems to do, %d already done", spec.name,
                  "?" if total is None else total - len(done), len(done))
         pipeline = build_pipeline(spec, cache_dir, limit, done, api_key=api_key, total=total)

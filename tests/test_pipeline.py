@@ -173,7 +173,15 @@ def test_work_left_decides_whether_the_teacher_is_needed(tmp_path: Path) -> None
     write_part(cache, [record(0, None), record(1, "incorrect"), record(2, None)])
     assert work_left(spec, None, cache)  # problem 3 is missing
     assert not work_left(spec, 3, cache)  # but not among the first three
+    assert not work_left(spec, None, cache, kept_ids=["0", "1", "2"])  # or when the filters dropped it
     write_part(cache, [record(3, "teacher_error")])
     assert work_left(spec, None, cache)  # the teacher failed on problem 3: ask again
     write_part(cache, [record(3, None)])
     assert not work_left(spec, None, cache)  # a later version answered it
+
+    # A duplicate problem (id 4) is never generated: dedupe drops it, so nothing is left to do.
+    with_duplicate = write_jsonl(tmp_path / "dup.jsonl", [*PROBLEMS, PROBLEMS[0]])
+    spec, _ = load_spec(str(write_spec(tmp_path / "d.yaml", with_duplicate)))
+    assert not work_left(spec, None, cache)
+    spec.dedupe.enabled = False
+    assert work_left(spec, None, cache)
