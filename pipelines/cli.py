@@ -143,6 +143,10 @@ from pipelines.axolotl.commands import register as register_axolotl_commands  # 
 
 register_axolotl_commands(app)
 
+from pipelines.serve.commands import register as register_serve_command  # noqa: E402  (serve)
+
+register_serve_command(app)
+
 
 def entrypoint() -> None:
     try:

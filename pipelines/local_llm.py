@@ -32,6 +32,7 @@ class LocalTransformersLLM(TransformersLLM):
         top_p: float = 1.0,
         do_sample: bool = True,
         repetition_penalty: float = 1.0,
+        top_logprobs: int | None = None,
     ) -> list[dict[str, Any]]:
         import torch
 
@@ -43,17 +44,28 @@ class LocalTransformersLLM(TransformersLLM):
         with torch.no_grad():
             generated = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                        num_return_sequences=num_generations, repetition_penalty=repetition_penalty,
-                                       pad_token_id=tokenizer.pad_token_id, **sampling)
-        new_tokens = generated[:, encoded["input_ids"].shape[1]:].tolist()
+                                       pad_token_id=tokenizer.pad_token_id, return_dict_in_generate=True,
+                                       output_logits=bool(top_logprobs), **sampling)
+        width = encoded["input_ids"].shape[1]
+        new_tokens = generated.sequences[:, width:].tolist()
+        # output_logits are the raw logits (before temperature/top-p), like vLLM's default logprobs
+        tops = (torch.stack(generated.logits, dim=1).float().log_softmax(-1).topk(top_logprobs, dim=-1)
+                if top_logprobs else None)
         eos = _eos_ids(model, tokenizer)
         prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
         outputs = []
         for i in range(len(inputs)):
             samples = []
-            for ids in new_tokens[i * num_generations:(i + 1) * num_generations]:
+            for j in range(i * num_generations, (i + 1) * num_generations):
+                ids = new_tokens[j]
                 stop = next((k for k, token in enumerate(ids) if token in eos), None)
                 kept = ids if stop is None else ids[:stop]
-                samples.append({
+                if tops is not None:
+                    samples.append(_logprob_fields(ids[:len(ids) if stop is None else stop + 1], tops, j,
+                                                   encoded["input_ids"][i], encoded["attention_mask"][i]))
+                else:
+                    samples.append({})
+                samples[-1].update({
                     "text": tokenizer.decode(kept, skip_special_tokens=True),
                     "reasoning": None,
                     "finish_reason": "length" if stop is None else "stop",
@@ -63,3 +75,14 @@ class LocalTransformersLLM(TransformersLLM):
                 })
             outputs.append({"samples": samples})
         return outputs
+
+
+def _logprob_fields(ids: list[int], tops: Any, row: int, prompt_ids: Any, mask: Any) -> dict[str, Any]:
+    """The same per-token fields as the vLLM server LLM: sampled ids, their logprob, the true top k."""
+    values, indices = tops.values[row].tolist(), tops.indices[row].tolist()
+    lists = [[{"token": f"token_id:{t}", "logprob": v} for t, v in zip(indices[p], values[p], strict=True)]
+             for p in range(len(ids))]
+    return {"tokens": [f"token_id:{t}" for t in ids], "logprobs": lists,
+            "token_logprobs": [next((e["logprob"] for e in lists[p] if e["token"] == f"token_id:{t}"), None)
+                               for p, t in enumerate(ids)],
+            "prompt_token_ids": [int(t) for t, m in zip(prompt_ids.tolist(), mask.tolist(), strict=True) if m]}

@@ -63,7 +63,8 @@ class TeacherConfig(_Strict):
     temperature: float = Field(0.6, ge=0.0, le=2.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_new_tokens: int = Field(8192, ge=1)
-    top_logprobs: int | None = Field(None, ge=1, le=20)
+    # k+1 are asked of vLLM (its --max-logprobs defaults to 20) so that the sampled token never takes a top-k place
+    top_logprobs: int | None = Field(None, ge=1, le=19)
     max_concurrency: int = Field(64, ge=1)
     timeout_s: float = Field(600.0, gt=0)
     max_retries: int = Field(4, ge=0)

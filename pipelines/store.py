@@ -39,6 +39,7 @@ BASE_SCHEMA = pa.schema([
 ])
 LOGPROB_FIELDS = [
     ("tokens", pa.list_(pa.string())), ("token_logprobs", pa.list_(pa.float64())),
+    ("prompt_token_ids", pa.list_(pa.int64())),  # the teacher's exact prompt: logprobs are only valid after it
     ("logprobs", pa.list_(pa.list_(pa.struct([("token", pa.string()), ("logprob", pa.float64())])))),
 ]
 PRM_FIELDS = [("step_scores", pa.list_(pa.float64())), ("prm_score", pa.float64()),

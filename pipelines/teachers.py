@@ -62,8 +62,10 @@ class VLLMServerLLM(AsyncLLM):
         kwargs: dict[str, Any] = dict(model=self.model, messages=input, n=num_generations,
                                       max_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         if top_logprobs:
-            kwargs.update(logprobs=True, top_logprobs=top_logprobs,
-                          extra_body={"return_tokens_as_token_ids": True})
+            # One more than asked: vLLM puts the sampled token in the list in place of the k-th when it is
+            # outside the top k; of k+1 entries the k highest are always the true top k (see true_top_k).
+            kwargs.update(logprobs=True, top_logprobs=top_logprobs + 1,
+                          extra_body={"return_tokens_as_token_ids": True, "return_token_ids": True})
         assert self._pool is not None, "call load() first"
         pool = self._pool
 
@@ -71,7 +73,7 @@ class VLLMServerLLM(AsyncLLM):
             # The endpoint is leased per attempt: a backoff holds no slot and a retry may go to another replica.
             async with pool.lease() as endpoint:
                 completion = await self._clients[endpoint].chat.completions.create(**kwargs)
-            return _from_completion(completion, num_generations)
+            return _from_completion(completion, num_generations, top_logprobs)
 
         try:
             return await call_with_retries(attempt, self.max_retries, on_retry=self._log_retry)
@@ -88,7 +90,12 @@ def _failed(n: int, error: str) -> dict[str, Any]:
     return {"samples": [{"text": None, "error": error} for _ in range(n)]}
 
 
-def _from_completion(completion: Any, n: int) -> dict[str, Any]:
+def true_top_k(entries: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """The k most likely of a position's entries, most likely first."""
+    return sorted(entries, key=lambda e: e["logprob"], reverse=True)[:k]
+
+
+def _from_completion(completion: Any, n: int, top_logprobs: int | None = None) -> dict[str, Any]:
     choices = list(getattr(completion, "choices", None) or [])
     if not choices:
         raise BadResponse("empty choices")  # a server glitch, not an answer: retried
@@ -96,6 +103,7 @@ def _from_completion(completion: Any, n: int) -> dict[str, Any]:
         raise BadResponse("malformed response")
     usage = getattr(completion, "usage", None)
     prompt_tokens = getattr(usage, "prompt_tokens", None)
+    prompt_token_ids = (getattr(completion, "model_extra", None) or {}).get("prompt_token_ids")
     samples = []
     for choice in choices[:n]:
         message = choice.message
@@ -115,9 +123,12 @@ def _from_completion(completion: Any, n: int) -> dict[str, Any]:
             sample["tokens"] = [t.token for t in content_logprobs]
             sample["token_logprobs"] = [t.logprob for t in content_logprobs]
             sample["logprobs"] = [
-                [{"token": top.token, "logprob": top.logprob} for top in t.top_logprobs]
+                true_top_k([{"token": top.token, "logprob": top.logprob} for top in t.top_logprobs],
+                           top_logprobs or len(t.top_logprobs))
                 for t in content_logprobs
             ]
+            if prompt_token_ids is not None:  # the exact context of these logprobs (KD export checks it)
+                sample["prompt_token_ids"] = list(prompt_token_ids)
         samples.append(sample)
     # vLLM reports completion tokens summed over the n choices; spread them when no logprobs say more.
     total = getattr(usage, "completion_tokens", None)
@@ -149,7 +160,7 @@ def generation_kwargs(teacher: TeacherConfig) -> dict[str, Any]:
     """Sampling settings in the names each backend's ``generate`` takes."""
     kwargs: dict[str, Any] = {"max_new_tokens": teacher.max_new_tokens, "temperature": teacher.temperature,
                               "top_p": teacher.top_p}
-    if teacher.backend == "openai" and teacher.top_logprobs:
+    if teacher.backend in ("openai", "transformers") and teacher.top_logprobs:
         kwargs["top_logprobs"] = teacher.top_logprobs
     if teacher.backend == "transformers":
         kwargs.update(do_sample=teacher.temperature > 0, repetition_penalty=1.0)

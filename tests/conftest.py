@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +66,109 @@ def run_distill(*args: str, timeout: float = 300, env: dict[str, str] | None = N
         raise AssertionError(f"distill {' '.join(map(str, args))} failed ({result.returncode}):\n"
                              f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
+
+
+def require_venv(name: str, setup: str) -> Path:
+    """A project venv the test needs: skipped when missing, except in CI (where `make test` builds it)."""
+    path = ROOT / name
+    if not (path / "bin" / "python").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is missing in CI: `make {setup}` builds it (make test depends on it)")
+        pytest.skip(f"{name} is missing: `make {setup}` builds it")
+    return path
+
+
+# --- a real vLLM server (CPU build in .venv-vllm) serving a tiny teacher trained here ------------------------
+
+@pytest.fixture(scope="session")
+def lab_teacher(request: pytest.FixtureRequest) -> Path:
+    """A tiny teacher trained on CPU (~1 min) that writes `<thought>` column sums; cached in .pytest_cache."""
+    from lab.teacher import train_teacher
+
+    return train_teacher(request.config.cache.mkdir("lab-teacher-thought"), steps=300, tag="thought")
+
+
+@pytest.fixture(scope="session")
+def lab_r1_teacher(request: pytest.FixtureRequest) -> Path:
+    """The same task, R1-style: the teacher writes `<think>…</think>` whatever the prompt asks."""
+    from lab.teacher import train_teacher
+
+    return train_teacher(request.config.cache.mkdir("lab-teacher-think"), steps=300, tag="think")
+
+
+@dataclass
+class Served:
+    base_url: str
+    name: str
+    model_dir: Path
+    process: subprocess.Popen[str]
+    output: list[str]
+
+
+@contextmanager
+def served(model_dir: Path, name: str, *args: str, log_dir: Path) -> Iterator[Served]:
+    """`distill serve` as a user runs it; stopped with SIGTERM, which must stop every vLLM process."""
+    require_venv(".venv-vllm", "setup-vllm")
+    from pipelines.serve.server import free_port
+
+    command = [*DISTILL, "serve", str(model_dir), "--name", name, "--port", str(free_port()), "--dtype", "float32",
+               "--max-model-len", "1024", "--seed", "0", "--log-dir", str(log_dir), *args]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    output: list[str] = []
+    assert process.stdout is not None
+    for line in process.stdout:  # until the server is ready (or the command fails)
+        output.append(line)
+        if line.startswith("ready:"):
+            break
+    match = re.search(r"--teacher-url (\S+)", "".join(output))
+    if not match:
+        process.wait(timeout=60)
+        raise AssertionError(f"distill serve failed ({process.returncode}):\n{''.join(output)[-3000:]}")
+    pids = [int(p) for p in re.findall(r"\(pid (\d+),", "".join(output))]
+    try:
+        yield Served(match.group(1), name, model_dir, process, output)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=120)
+        output.append(rest)
+        assert process.returncode == 0, "".join(output)[-2000:]
+        assert "stopped" in rest
+        from pipelines.serve.server import live_group_members
+
+        assert pids and not any(live_group_members(pid) for pid in pids)  # every vLLM process is gone
+
+
+@pytest.fixture(scope="session")
+def vllm_teacher(lab_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with served(lab_teacher, "lab-teacher", log_dir=tmp_path_factory.mktemp("vllm-logs")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def vllm_r1_teacher(lab_r1_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with served(lab_r1_teacher, "lab-r1-teacher", "--reasoning-parser", "deepseek_r1",
+                log_dir=tmp_path_factory.mktemp("vllm-logs")) as server:
+        yield server
+
+
+def lab_spec(path: Path, teacher: Served | tuple[str, str], n_problems: int = 12, seed: int = 3,
+             verification: str = "math", **teacher_fields: Any) -> Path:
+    """A spec over lab addition problems for a served lab teacher (or a (base_url, name) pair)."""
+    from lab.tasks import SYSTEM_PROMPT, problems
+
+    base_url, name = teacher if isinstance(teacher, tuple) else (teacher.base_url, teacher.name)
+    source = write_jsonl(path.parent / f"{path.stem}-problems.jsonl", problems(n_problems, seed=seed))
+    return write_spec(path, source, prompt={"system": SYSTEM_PROMPT}, dedupe={"enabled": False},
+                      verification=verification,
+                      teacher={"model": name, "base_url": base_url, "max_new_tokens": 64,
+                               **teacher_fields})
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

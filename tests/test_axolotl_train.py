@@ -1,8 +1,8 @@
 """The factory's output → `distill export` → `distill config` → real `axolotl preprocess` and `axolotl train`.
 
-The tiny local model is both teacher and student: the loopback teacher answers with real token ids of the
-tiny tokenizer and top-k log-probabilities computed by the tiny model, as vLLM would with top_logprobs and
-return_tokens_as_token_ids. Marked `train`: skipped without .venv-train, except in CI where it must run.
+The teacher is a tiny model trained here and served by the real vLLM (conftest); it is also the student, so the
+KD targets can be checked by hand and the KD loss of the teacher against its own targets must be ≈ 0.
+Marked `train`: skipped without .venv-train, except in CI where it must run.
 """
 
 from __future__ import annotations
@@ -12,88 +12,42 @@ import math
 import os
 import re
 import subprocess
-import threading
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import ROOT, run_distill, write_jsonl, write_spec
+from conftest import ROOT, Served, lab_spec, require_venv, run_distill
 
-from pipelines.loopback.teacher import LoopbackTeacher
-
-pytestmark = [pytest.mark.train, pytest.mark.slow]
+pytestmark = [pytest.mark.train, pytest.mark.vllm, pytest.mark.slow]
 
 AXOLOTL = ROOT / ".venv-train" / "bin" / "axolotl"
 TRAIN_PYTHON = ROOT / ".venv-train" / "bin" / "python"
 TOP_K = 4
-# (question, answer, thought steps): more steps = a longer trace
-PROBLEMS = [("What is 2 + 3?", "5", 1), ("What is 4 + 3?", "7", 1), ("What is 10 + 12?", "22", 2),
-            ("What is 20 + 15?", "35", 4), ("What is 8 + 9?", "17", 3), ("What is 42 + 48?", "90", 5)]
-ANSWERS = {q: (a, n) for q, a, n in PROBLEMS}
-
-
-def responder(messages: list[dict[str, str]], index: int) -> str:
-    """Sample 0: a clean <thought> trace. Sample 1: R1-style <think> on easy problems, a wrong answer on the rest."""
-    answer, steps = ANSWERS[messages[-1]["content"]]
-    body = "\n\n".join(f"Step {i + 1}: add the numbers. {i} + {i} = {2 * i}" for i in range(steps))
-    if index == 0:
-        return f"<thought>\n{body}\n</thought>\n\n\\boxed{{{answer}}}"
-    if steps <= 2:
-        return f"<think>\n{body}\n</think>\n\n\\boxed{{{answer}}}"
-    return f"<thought>\n{body}\n</thought>\n\n\\boxed{{100}}"
-
-
-class TinyTeacherLogprobs:
-    """``logprobs_fn`` for the loopback teacher: the completion's real token ids (plus the EOS vLLM reports) and,
-    per token, the sampled id first and then the tiny model's most likely other ids, with the model's logprobs."""
-
-    def __init__(self, model_dir: Path) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-        self.context = self.tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
-        self.lock = threading.Lock()
-
-    def __call__(self, text: str, k: int, as_ids: bool) -> dict[str, Any]:
-        assert as_ids, "the KD export needs return_tokens_as_token_ids"
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-        with self.lock, self.torch.no_grad():
-            logits = self.model(self.torch.tensor([self.context + ids])).logits[0]
-        logprobs = self.torch.log_softmax(logits.float(), dim=-1)
-        content = []
-        for i, token_id in enumerate(ids):
-            row = logprobs[len(self.context) + i - 1]  # the distribution the token was sampled from
-            others = [t for t in self.torch.topk(row, k + 1).indices.tolist() if t != token_id][:k - 1]
-            tops = [{"token": f"token_id:{t}", "logprob": float(row[t]), "bytes": None} for t in [token_id, *others]]
-            content.append({**tops[0], "top_logprobs": tops})
-        return {"content": content}
 
 
 @pytest.fixture(scope="module")
 def axolotl_bin() -> Path:
-    if not AXOLOTL.exists():
-        if os.environ.get("CI"):
-            pytest.fail(".venv-train/bin/axolotl is missing in CI: run `make setup-train` before the tests")
-        pytest.skip(".venv-train is missing: `make setup-train` installs Axolotl")
+    require_venv(".venv-train", "setup-train")
     return AXOLOTL
 
 
 @pytest.fixture(scope="module")
-def traces(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, axolotl_bin: Path) -> Path:
-    """A real `distill run` against the loopback teacher, with top-k logprobs."""
+def traces(tmp_path_factory: pytest.TempPathFactory, vllm_teacher: Served, axolotl_bin: Path) -> Path:
+    """A real `distill run` against the served lab teacher, with top-k logprobs (kept: well-formed traces)."""
     tmp = tmp_path_factory.mktemp("traces")
-    source = write_jsonl(tmp / "problems.jsonl", [{"question": q, "answer": a} for q, a, _ in PROBLEMS])
-    with LoopbackTeacher(responder, logprobs_fn=TinyTeacherLogprobs(tiny_model_dir)) as teacher:
-        spec = write_spec(tmp / "kd-traces.yaml", source,
-                          teacher={"base_url": teacher.base_url, "top_logprobs": TOP_K, "temperature": 0.8})
-        run_distill("run", spec, "--out", tmp / "dataset")
-        assert all(r.get("logprobs") for r in teacher.requests), "every request asked for logprobs"
+    spec = lab_spec(tmp / "kd-traces.yaml", vllm_teacher, n_problems=8, seed=5, verification="none",
+                    num_samples=2, top_logprobs=TOP_K, temperature=0.6)
+    run_distill("run", spec, "--out", tmp / "dataset")
     return tmp / "dataset"
+
+
+@pytest.fixture(scope="module")
+def student(vllm_teacher: Served) -> Path:
+    """The teacher is its own student (one tokenizer, and a known answer for the KD loss)."""
+    return vllm_teacher.model_dir
 
 
 def axolotl(command: str, config: Path, cwd: Path) -> str:
@@ -127,13 +81,18 @@ def losses(output: str) -> list[float]:
     return [float(v) for v in re.findall(r"'loss': '?([-+0-9.eEinfa]+)'?", output)]
 
 
-def export_and_config(tmp: Path, traces: Path, tiny_model_dir: Path, fmt: str, method: str,
-                      *extra: str) -> list[Path]:
-    run_distill("export", traces, "--format", fmt, "--student", tiny_model_dir, "--max-seq-len", 512,
+def export_and_config(tmp: Path, traces: Path, student: Path, fmt: str, method: str, *extra: Any,
+                      sets: tuple[str, ...] = ()) -> list[Path]:
+    run_distill("export", traces, "--format", fmt, "--student", student, "--max-seq-len", 512,
                 "--out", tmp / f"export-{fmt}", *extra)
-    result = run_distill("config", method, "--dataset", tmp / f"export-{fmt}", "--student", tiny_model_dir,
-                         "--out", tmp / f"{method}.yaml", "--output-dir", tmp / f"model-{method}",
-                         "--prepared-dir", tmp / f"prepared-{method}", "--smoke")
+    return config_for(tmp, tmp / f"export-{fmt}", student, method, *sets)
+
+
+def config_for(tmp: Path, export: Path, student: Path, method: str, *sets: str) -> list[Path]:
+    name = f"{method}-{export.name}"
+    result = run_distill("config", method, "--dataset", export, "--student", student, "--out", tmp / f"{name}.yaml",
+                         "--output-dir", tmp / f"model-{name}", "--prepared-dir", tmp / f"prepared-{name}",
+                         "--smoke", *(a for s in sets for a in ("--set", s)))
     return [Path(p) for p in re.findall(r"wrote (\S+\.yaml)", result.stdout)]
 
 
@@ -145,18 +104,18 @@ def assistant_span(tokenizer: Any, input_ids: list[int]) -> tuple[int, int]:
     return starts[-1], end
 
 
-def test_sft_preprocess_masks_and_trains(tmp_path: Path, traces: Path, tiny_model_dir: Path) -> None:
+def test_sft_preprocess_masks_and_trains(tmp_path: Path, traces: Path, student: Path) -> None:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    (config,) = export_and_config(tmp_path, traces, tiny_model_dir, "sft", "sft")
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    (config,) = export_and_config(tmp_path, traces, student, "sft", "sft")
     rendered = yaml.safe_load(config.read_text())
-    assert rendered["base_model"] == str(tiny_model_dir)
+    assert rendered["base_model"] == str(student)
     assert rendered["datasets"][0]["roles_to_train"] == ["assistant"]
     exported = pq.read_table(tmp_path / "export-sft" / "train.parquet").to_pylist()
     axolotl("preprocess", config, tmp_path)
     rows = prepared_rows(config)
-    assert len(rows) == len(exported) >= 6
+    assert len(rows) == len(exported) >= 12
     for row in rows:
         ids, labels = row["input_ids"], row["labels"]
         start, end = assistant_span(tokenizer, ids)
@@ -171,26 +130,23 @@ def test_sft_preprocess_masks_and_trains(tmp_path: Path, traces: Path, tiny_mode
     assert (Path(rendered["output_dir"]) / "model.safetensors").exists()
 
 
-def test_kd_targets_line_up_with_assistant_tokens_and_train(tmp_path: Path, traces: Path,
-                                                            tiny_model_dir: Path) -> None:
+def test_kd_targets_line_up_with_assistant_tokens_and_train(tmp_path: Path, traces: Path, student: Path,
+                                                            vllm_teacher: Served) -> None:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    (config,) = export_and_config(tmp_path, traces, tiny_model_dir, "kd", "kd")
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    (config,) = export_and_config(tmp_path, traces, student, "kd", "kd", "--teacher-url", vllm_teacher.base_url,
+                                  "--teacher-model", vllm_teacher.name)
     manifest = json.loads((tmp_path / "export-kd" / "export.json").read_text())
-    # 6 clean <thought> traces align exactly; the 3 <think> ones are re-aligned (the tag tokens differ)
-    assert manifest["top_k"] == TOP_K and manifest["rows"] == 9 and manifest["kd"]["exact_alignments"] == 6
-    assert 0.9 <= manifest["kd"]["mean_coverage"] < 1.0
+    assert manifest["top_k"] == TOP_K and manifest["kd"]["targets"]["scored"] == manifest["rows"] >= 12
     rendered = yaml.safe_load(config.read_text())
     assert rendered["datasets"][0]["type"] == "axolotl.integrations.kd.chat_template"
-    assert rendered["datasets"][0]["temperature"] == 0.8 and rendered["kd_trainer"] is True
-    exported = {(r["problem_id"], r["sample_index"]): r
-                for r in pq.read_table(tmp_path / "export-kd" / "train.parquet").to_pylist()}
+    assert rendered["datasets"][0]["temperature"] == 1.0 and rendered["kd_trainer"] is True  # raw logprobs
+    exported = pq.read_table(tmp_path / "export-kd" / "train.parquet").to_pylist()
     axolotl("preprocess", config, tmp_path)
     rows = prepared_rows(config)
     assert len(rows) == len(exported)
-    im_end, thought = tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("thought")
-    realigned_rows = 0
+    im_end, thought = tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<thought>")
     for row in rows:
         ids, labels, mask = row["input_ids"], row["labels"], row["target_mask"]
         target_ids, target_logprobs = row["target_token_ids"], row["target_logprobs"]
@@ -198,38 +154,54 @@ def test_kd_targets_line_up_with_assistant_tokens_and_train(tmp_path: Path, trac
         start, end = assistant_span(tokenizer, ids)
         assert [p for p, label in enumerate(labels) if label != -100] == list(range(start, end + 1))
         on = [p for p in range(len(ids)) if mask[p][0]]
-        # Axolotl masks target p by label p: every assistant token from the second on, plus <|im_end|>
+        # Axolotl masks target p by label p: every assistant token, plus <|im_end|>
         assert on == list(range(start, end + 1))
-        # target p is the distribution over token p+1: the sampled id comes first (our teacher lists it first,
-        # a one-hot target is on the student's own token)
-        assert all(target_ids[p][0] == ids[p + 1] for p in on)
-        # by hand: "<" "thought" ">" opens the turn, so the target at "<" puts "thought" first, and the target
-        # at the last content token is over <|im_end|>
-        assert ids[start + 1] == thought and target_ids[start][0] == thought
+        # by hand: the turn opens with <thought>, so the target just before it (the prompt's last token) has
+        # <thought> as the teacher's most likely token, and the target at the last content token is over <|im_end|>
+        assert ids[start] == thought and target_ids[start - 1][0] == thought
         assert ids[end] == im_end and target_ids[end - 1][0] == im_end
         for p in on:
             probs = [math.exp(v) for v in target_logprobs[p]]
             assert abs(sum(probs) - 1) < 1e-4 and len(set(target_ids[p])) == TOP_K
-        # teacher distributions of the random tiny model are spread out; one-hot targets are where the teacher's
-        # tokens differ from the student's: only after <|im_end|> for exact rows, also at "thought" for <think>
-        one_hot = [p for p in on if target_logprobs[p][0] > -1e-3]
-        if one_hot == [end]:
-            assert target_logprobs[end - 1][0] < -0.01  # the teacher's own distribution over <|im_end|>
-        else:
-            realigned_rows += 1
-            assert start in one_hot and len(one_hot) < 0.1 * len(on)
-    assert realigned_rows == 3
     output = axolotl("train", config, tmp_path)
     steps = losses(output)
-    assert len(steps) == 3 and all(math.isfinite(v) and v > 0 for v in steps)
+    assert len(steps) == 3 and all(math.isfinite(v) and v >= 0 for v in steps)
 
 
-def test_curriculum_stage2_starts_from_stage1(tmp_path: Path, traces: Path, tiny_model_dir: Path) -> None:
-    configs = export_and_config(tmp_path, traces, tiny_model_dir, "sft", "sft", "--curriculum",
+def shifted_export(export: Path, out: Path) -> Path:
+    """The same export with every target list moved one position late: the off-by-one a KD export must not have."""
+    out.mkdir()
+    rows = pq.read_table(export / "train.parquet").to_pylist()
+    for row in rows:
+        for column in ("target_token_ids", "logprobs"):
+            row[column] = [row[column][0], *row[column][:-1]]
+    pq.write_table(pa.Table.from_pylist(rows), out / "train.parquet")
+    (out / "export.json").write_text((export / "export.json").read_text())
+    return out
+
+
+def test_teacher_as_its_own_student_has_zero_kd_loss(tmp_path: Path, traces: Path, student: Path,
+                                                     vllm_teacher: Served) -> None:
+    """Targets aligned right: the teacher's KD loss against its own targets is ≈ 0 at the first step, and clearly
+    larger when the same targets are shifted by one position."""
+    kd_only = ("kd_alpha=1.0", "kd_ce_alpha=0.0", "learning_rate=0.0", "max_steps=2", "seed=0")
+    (config,) = export_and_config(tmp_path, traces, student, "kd", "kd", "--teacher-url", vllm_teacher.base_url,
+                                  "--teacher-model", vllm_teacher.name, sets=kd_only)
+    aligned = losses(axolotl("train", config, tmp_path))
+    (shifted_config,) = config_for(tmp_path, shifted_export(tmp_path / "export-kd", tmp_path / "shifted"), student,
+                                   "kd", *kd_only)
+    shifted = losses(axolotl("train", shifted_config, tmp_path))
+    print(f"KD loss, teacher as its own student: aligned {aligned}, shifted by one {shifted}")
+    assert len(aligned) == len(shifted) == 2
+    assert abs(aligned[0]) < 1e-3 and shifted[0] > 0.5
+
+
+def test_curriculum_stage2_starts_from_stage1(tmp_path: Path, traces: Path, student: Path) -> None:
+    configs = export_and_config(tmp_path, traces, student, "sft", "sft", "--curriculum",
                                 "--stage1-min-pass-rate", "1.0", "--stage1-max-length-quantile", "0.5")
-    assert [c.name for c in configs] == ["sft-stage1.yaml", "sft-stage2.yaml"]
+    assert [c.name for c in configs] == ["sft-export-sft-stage1.yaml", "sft-export-sft-stage2.yaml"]
     stage1, stage2 = (yaml.safe_load(c.read_text()) for c in configs)
-    assert stage2["base_model"] == stage1["output_dir"] and stage1["base_model"] == str(tiny_model_dir)
+    assert stage2["base_model"] == stage1["output_dir"] and stage1["base_model"] == str(student)
     first = pq.read_table(tmp_path / "export-sft" / "stage1.parquet").to_pylist()
     second = pq.read_table(tmp_path / "export-sft" / "stage2.parquet").to_pylist()
     assert first and second and all(r["pass_rate"] == 1.0 for r in first)

@@ -18,12 +18,12 @@ from pipelines.axolotl.kd_align import (
     FILLER_LOGPROB,
     KDFormatError,
     StudentTurn,
-    align_tokens,
     axolotl_columns,
-    build_kd_targets,
     one_hot,
     parse_token_id,
     student_turn,
+    targets_from_generation,
+    targets_from_scores,
 )
 from pipelines.spec import SpecError
 
@@ -34,17 +34,6 @@ def dist(*pairs: tuple[int, float]) -> list[dict]:
 
 # --- KD alignment -----------------------------------------------------------------------------------------------
 
-def test_align_tokens_exact_and_with_edits() -> None:
-    assert align_tokens([5, 6, 7], [5, 6, 7]) == [0, 1, 2]
-    # teacher wrote <think> (9) where the student has <thought> (8); the rest shifts by one
-    assert align_tokens([9, 1, 2, 3], [8, 1, 2, 3]) == [None, 1, 2, 3]
-    assert align_tokens([1, 2, 3], [1, 4, 4, 2, 3]) == [0, None, None, 1, 2]
-    assert align_tokens([], [1, 2]) == [None, None]
-    # long runs of one token must still match (difflib's autojunk would drop them)
-    assert align_tokens([7] * 300, [7] * 300) == list(range(300))
-    assert align_tokens([1] + [7] * 300, [7] * 300) == list(range(1, 301))
-
-
 def test_parse_token_id_rejects_strings() -> None:
     assert parse_token_id("token_id:42") == 42
     for bad in ["hello", "token_id:x", 5]:
@@ -52,43 +41,57 @@ def test_parse_token_id_rejects_strings() -> None:
             parse_token_id(bad)
 
 
-def test_targets_are_shifted_by_one_and_right_aligned() -> None:
+def test_generation_targets_are_shifted_by_one_and_right_aligned() -> None:
     # conversation: prompt [1, 2, 3], content [10, 11, 12], end of turn [99, 50]
     turn = StudentTurn([1, 2, 3, 10, 11, 12, 99, 50], content_start=3, content_end=6)
     tokens = ["token_id:10", "token_id:11", "token_id:12", "token_id:99"]  # vLLM lists the EOS too
-    topk = [dist((10, -0.1), (20, -2.5)), dist((11, -0.2), (21, -1.9)), dist((12, -0.3), (22, -1.5)),
+    topk = [dist((10, -0.1), (20, -2.5)), dist((21, -1.9), (11, -0.2)), dist((12, -0.3), (22, -1.5)),
             dist((99, -0.05), (23, -3.0))]
-    targets = build_kd_targets(turn, tokens, topk, k=2, vocab_size=100)
+    targets = targets_from_generation(turn, [1, 2, 3], tokens, topk, k=2, vocab_size=100)
     # positions 2..7: one list per position from the prompt's last token to the end
     assert len(targets.logprobs) == len(turn.input_ids) - turn.content_start + 1
     firsts = [parse_token_id(position[0]["token"]) for position in targets.logprobs]
-    assert firsts == [10, 11, 12, 99, 50, 99]  # target p is over token p+1; after the end a filler
+    assert firsts == [10, 11, 12, 99, 50, 50]  # target p is over token p+1, most likely first; then fillers
     assert targets.logprobs[0][1] == {"token": "token_id:20", "logprob": -2.5}
     assert targets.logprobs[3][0]["logprob"] == -0.05  # the teacher's own distribution over its EOS
-    assert targets.logprobs[4] == one_hot(50, 2)  # the template's newline: not the teacher's, one-hot
-    assert targets.exact and targets.coverage == 1.0
+    assert targets.logprobs[4] == one_hot(50, 2)  # the template's newline: the teacher never scored it
+    assert targets.source == "generation"
     columns = axolotl_columns(targets)
     assert columns["target_token_ids"][0] == [10, 20] and columns["logprobs"][0] == [-0.1, -2.5]
 
 
-def test_realigned_row_gets_one_hot_where_the_teacher_differs() -> None:
+def test_generation_targets_only_when_provably_the_students_tokens() -> None:
     turn = StudentTurn([1, 8, 5, 6, 7, 99], content_start=1, content_end=5)
-    tokens = ["token_id:9", "token_id:5", "token_id:6", "token_id:7"]  # <think> instead of <thought>, no EOS
-    topk = [dist((9, -0.1)), dist((5, -0.2)), dist((6, -0.3)), dist((7, -0.4))]
-    targets = build_kd_targets(turn, tokens, topk, k=3, vocab_size=100)
-    assert targets.logprobs[0] == one_hot(8, 3)  # the student's "<thought>" has no teacher distribution
-    assert [p[0]["logprob"] for p in targets.logprobs[1:4]] == [-0.2, -0.3, -0.4]
-    assert all(len(p) == 3 for p in targets.logprobs)  # short teacher lists are padded to k
-    assert targets.logprobs[1][1]["logprob"] == FILLER_LOGPROB
-    assert not targets.exact and targets.coverage == pytest.approx(3 / 5)  # 3 of 4 content tokens, no EOS
+    topk = [dist((9, -0.1)), dist((5, -0.2)), dist((6, -0.3)), dist((7, -0.4)), dist((99, -0.1))]
+    same = ["token_id:8", "token_id:5", "token_id:6", "token_id:7", "token_id:99"]
+    assert targets_from_generation(turn, [1], same, topk, k=3, vocab_size=100) is not None
+    think = ["token_id:9", "token_id:5", "token_id:6", "token_id:7", "token_id:99"]  # <think> for <thought>
+    assert targets_from_generation(turn, [1], think, topk, k=3, vocab_size=100) is None
+    assert targets_from_generation(turn, [2], same, topk, k=3, vocab_size=100) is None  # another prompt
+    assert targets_from_generation(turn, None, same, topk, k=3, vocab_size=100) is None  # prompt unknown
+    assert targets_from_generation(turn, [1], same[:-1], topk[:-1], k=3, vocab_size=100) is None  # no end of turn
+
+
+def test_scored_targets_cover_every_position() -> None:
+    turn = StudentTurn([1, 2, 10, 11, 99, 50], content_start=2, content_end=4)
+    scores = [None] + [[(t, -0.1), (t + 1, -2.0)] for t in [2, 10, 11, 99, 50]]  # position i: the top before i
+    targets = targets_from_scores(turn, scores, k=3, vocab_size=200)
+    assert [parse_token_id(p[0]["token"]) for p in targets.logprobs] == [10, 11, 99, 50, 50]
+    assert targets.logprobs[3][:2] == [{"token": "token_id:50", "logprob": -0.1},
+                                       {"token": "token_id:51", "logprob": -2.0}]
+    assert targets.logprobs[0][2]["logprob"] == FILLER_LOGPROB  # short lists are padded to k
+    assert targets.source == "scored"
+    with pytest.raises(KDFormatError, match="scored positions"):
+        targets_from_scores(turn, scores[:-1], k=3, vocab_size=200)
 
 
 def test_bad_logprobs_are_errors() -> None:
     turn = StudentTurn([1, 5, 99], content_start=1, content_end=2)
     with pytest.raises(KDFormatError, match="outside"):
-        build_kd_targets(turn, ["token_id:5"], [dist((5, -0.1), (500, -1.0))], k=2, vocab_size=100)
+        targets_from_generation(turn, [1], ["token_id:5", "token_id:99"], [dist((5, -0.1), (500, -1.0))] * 2,
+                                k=2, vocab_size=100)
     with pytest.raises(KDFormatError, match="top-k lists"):
-        build_kd_targets(turn, ["token_id:5", "token_id:6"], [dist((5, -0.1))], k=2, vocab_size=100)
+        targets_from_generation(turn, [1], ["token_id:5", "token_id:6"], [dist((5, -0.1))], k=2, vocab_size=100)
 
 
 def test_student_turn_on_the_tiny_chat_template(tiny_model_dir: Path) -> None:
@@ -189,6 +192,9 @@ def _dataset(folder: Path, tokenizer, shift: int = 0, with_logprobs: bool = True
                "messages": [{"role": "user", "content": "What is 2 + 3?"},
                             {"role": "assistant", "content": completion}] if i < 3 else None}
         if with_logprobs:
+            row["prompt_token_ids"] = tokenizer.apply_chat_template(
+                [{"role": "user", "content": "What is 2 + 3?"}], tokenize=True, return_dict=False,
+                add_generation_prompt=True)
             row["tokens"] = [f"token_id:{t + shift}" for t in ids]
             row["logprobs"] = [dist((t + shift, -0.5), ((t + shift + 1) % 400, -1.0)) for t in ids]
         rows.append(row)
@@ -204,7 +210,8 @@ def test_export_kd_and_config_from_the_cli(tmp_path: Path, tiny_model_dir: Path)
                          "--out", tmp_path / "kd")
     assert "train.jsonl (3 rows)" in result.stdout
     manifest = json.loads((tmp_path / "kd" / "export.json").read_text())
-    assert manifest["top_k"] == 2 and manifest["kd"]["exact_alignments"] == 3 and manifest["kept_in_source"] == 3
+    assert manifest["top_k"] == 2 and manifest["kd"]["targets"] == {"scored": 0, "generation": 3}
+    assert manifest["kept_in_source"] == 3 and manifest["kd"]["distribution"]["temperature"] == 1.0
     rows = [json.loads(line) for line in (tmp_path / "kd" / "train.jsonl").read_text().splitlines()]
     assert all(len(r["logprobs"]) == len(r["target_token_ids"]) for r in rows)
     assert all(math.isfinite(v) for r in rows for position in r["logprobs"] for v in position)
@@ -221,7 +228,9 @@ def test_export_kd_and_config_from_the_cli(tmp_path: Path, tiny_model_dir: Path)
 
 @pytest.mark.parametrize("args, message", [
     (["--format", "kd"], "error: --student:"),
-    (["--format", "kd", "--student", "{model}", "--min-coverage", "2"], "error: --min-coverage:"),
+    (["--format", "kd", "--student", "{model}", "--top-k", "30"], "error: --top-k:"),
+    (["--format", "kd", "--student", "{model}", "--top-k", "5"], "error: --top-k: the run stored the top 2"),
+    (["--format", "kd", "--student", "{model}", "--teacher-url", "http://127.0.0.1:9/v1"], "error: --teacher-model:"),
     (["--curriculum", "--stage1-min-pass-rate", "0", "--stage1-max-length-quantile", "1"],
      "error: --curriculum: stage 2 is empty"),
 ])
@@ -246,7 +255,7 @@ def test_kd_export_refuses_a_foreign_tokenizer_and_missing_logprobs(tmp_path: Pa
     plain = _dataset(tmp_path / "plain", tokenizer, with_logprobs=False)
     result = run_distill("export", plain, "--format", "kd", "--student", tiny_model_dir, "--out", tmp_path / "o",
                          check=False)
-    assert result.returncode == 2 and "teacher.top_logprobs" in result.stderr
+    assert result.returncode == 2 and "teacher.top_logprobs" in result.stderr and "--teacher-url" in result.stderr
     # the same folder exports fine as SFT
     run_distill("export", plain, "--format", "sft", "--out", tmp_path / "sft")
     rows = pq.read_table(tmp_path / "sft" / "train.parquet").to_pylist()

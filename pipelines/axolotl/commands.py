@@ -24,7 +24,12 @@ def export(
     teacher_tokenizer: Optional[str] = typer.Option(None, help="kd: also compare this tokenizer's vocabulary."),
     file_format: str = typer.Option("parquet", help="parquet | jsonl."),
     max_seq_len: int = typer.Option(4096, help="Drop conversations longer than this (student tokens)."),
-    min_coverage: float = typer.Option(0.9, help="kd: drop rows whose tokens the teacher covers less than this."),
+    teacher_url: Optional[str] = typer.Option(None, help="kd: score the student's tokens with this vLLM teacher "
+                                                         "(base URL, e.g. http://127.0.0.1:8000/v1)."),
+    teacher_model: Optional[str] = typer.Option(None, help="kd: the served teacher's name (with --teacher-url), or a "
+                                                           "local model to score with in-process."),
+    top_k: Optional[int] = typer.Option(None, help="kd: the k of the targets (default: the run's top_logprobs; "
+                                                   "scored: else 20)."),
     curriculum: bool = typer.Option(False, help="Write stage1 (short traces of easy problems) and stage2."),
     stage1_min_pass_rate: float = typer.Option(0.75, help="Curriculum: stage-1 problems' minimum pass rate."),
     stage1_max_length_quantile: float = typer.Option(0.5, help="Curriculum: stage-1 traces' maximum length quantile."),
@@ -39,14 +44,21 @@ def export(
         try:
             options = ExportOptions(
                 format=format, file_format=file_format, student=student, teacher_tokenizer=teacher_tokenizer,
-                max_seq_len=max_seq_len, min_coverage=min_coverage,
+                max_seq_len=max_seq_len, top_k=top_k,
                 curriculum=CurriculumConfig(stage1_min_pass_rate=stage1_min_pass_rate,
                                             stage1_max_length_quantile=stage1_max_length_quantile)
                 if curriculum else None)
         except ValidationError as exc:
             first = exc.errors()[0]
             raise SpecError(f"--{str(first['loc'][-1]).replace('_', '-')}: {first['msg']}") from None
-        manifest = export_dataset(dataset_dir, out, options)
+        scorer = None
+        if format == "kd" and (teacher_url or teacher_model):
+            import os
+
+            from pipelines.kd.score import build_scorer
+
+            scorer = build_scorer(teacher_model, teacher_url, api_key=os.environ.get("OPENAI_API_KEY"))
+        manifest = export_dataset(dataset_dir, out, options, scorer)
     except SpecError as exc:
         _fail(str(exc))
     files = ", ".join(f"{f['path']} ({f['rows']} rows)" for f in manifest["files"])

@@ -146,8 +146,10 @@ def stage_values(method: str, manifest: dict[str, Any], export_dir: Path, studen
     """Per config to write: (stage name, top-level values, first-dataset values)."""
     _check_export(method, manifest, student)
     dataset: dict[str, Any] = {"ds_type": "json" if manifest["file_format"] == "jsonl" else "parquet"}
-    if method == "kd" and manifest.get("teacher_temperature"):
-        dataset["temperature"] = manifest["teacher_temperature"]
+    if method == "kd":
+        # the temperature the stored log-probabilities were computed at (raw: 1.0), not the sampling temperature;
+        # Axolotl rescales the targets from it to kd_temperature
+        dataset["temperature"] = float((manifest.get("kd") or {}).get("distribution", {}).get("temperature", 1.0))
     common: dict[str, Any] = {}
     if manifest.get("longest_seq_len"):
         common["sequence_len"] = manifest["max_seq_len"]

@@ -2,13 +2,16 @@
 
 ``sft``: ``messages`` (system / user / assistant ``<thought>…</thought>\\n\\nanswer``), trained with
 ``type: chat_template`` on the assistant turn only. ``kd``: the same plus ``logprobs`` and ``target_token_ids``,
-the teacher's top-k distributions aligned to the student's tokens (see ``kd_align``), read by
-``type: axolotl.integrations.kd.chat_template``. Rows that cannot be used are dropped and counted by
-reason in ``export.json``, which ``distill config`` reads.
+the teacher's top-k distributions at every position of the student's exact tokens (see ``kd_align``): from a
+teacher scoring pass when a scorer is given, else from the run's own logprobs where they provably belong to
+those tokens. Read by ``type: axolotl.integrations.kd.chat_template``. Rows that cannot be used are dropped and
+counted by reason in ``export.json``, which ``distill config`` reads; it also records the distribution
+(raw log-probabilities at temperature 1, k, the tokenizer's hash) that the config declares.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -21,11 +24,20 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.axolotl.curriculum import CurriculumConfig, difficulties, quantile, split_stages
-from pipelines.axolotl.kd_align import KDFormatError, axolotl_columns, build_kd_targets, student_turn
-from pipelines.axolotl.shared_tokenizer import check_shared_tokenizer, load_tokenizer
+from pipelines.axolotl.kd_align import (
+    KDFormatError,
+    axolotl_columns,
+    student_turn,
+    targets_from_generation,
+    targets_from_scores,
+)
+from pipelines.axolotl.shared_tokenizer import check_scorer_tokenizer, check_shared_tokenizer, load_tokenizer
+from pipelines.kd.score import Scorer
 from pipelines.spec import SpecError
 
 MANIFEST = "export.json"
+SCORE_CHUNK = 64  # sequences per scoring call
+DEFAULT_SCORED_TOP_K = 20  # vLLM's default --max-logprobs
 
 
 class ExportOptions(BaseModel):
@@ -36,7 +48,7 @@ class ExportOptions(BaseModel):
     student: str | None = None  # tokenizer (path or Hub id) the rows are measured and aligned with
     teacher_tokenizer: str | None = None  # optional: compare vocabularies before a KD export
     max_seq_len: int = Field(4096, ge=16)
-    min_coverage: float = Field(0.9, ge=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=1, le=20)  # kd: default the run's teacher.top_logprobs (scored: else 20)
     curriculum: CurriculumConfig | None = None
 
 
@@ -59,20 +71,34 @@ def _spec_teacher(dataset_dir: Path) -> dict[str, Any]:
     return (spec or {}).get("teacher") or {}
 
 
-def _top_k(teacher: dict[str, Any], rows: list[dict[str, Any]]) -> int:
-    if teacher.get("top_logprobs"):
-        return int(teacher["top_logprobs"])
-    sizes = Counter(len(d) for row in rows for d in (row.get("logprobs") or [])[:64] if d)
-    if not sizes:
-        raise SpecError("--format kd: the dataset has no top-k logprobs; set teacher.top_logprobs: K in the spec "
-                        "(vLLM teacher) and run it again, or export --format sft")
-    return sizes.most_common(1)[0][0]
+def _top_k(options: ExportOptions, teacher: dict[str, Any], rows: list[dict[str, Any]], scored: bool) -> int:
+    stored = int(teacher["top_logprobs"]) if teacher.get("top_logprobs") else None
+    if not stored:
+        sizes = Counter(len(d) for row in rows for d in (row.get("logprobs") or [])[:64] if d)
+        stored = sizes.most_common(1)[0][0] if sizes else None
+    if scored:
+        return options.top_k or stored or DEFAULT_SCORED_TOP_K
+    if not stored:
+        raise SpecError("--format kd: the dataset has no top-k logprobs; give the teacher for a scoring pass "
+                        "(--teacher-url URL --teacher-model NAME, or --teacher-model PATH), or set "
+                        "teacher.top_logprobs: K in the spec and run it again")
+    if options.top_k and options.top_k > stored:
+        raise SpecError(f"--top-k: the run stored the top {stored}; give at most {stored} or a teacher to score with")
+    return options.top_k or stored
+
+
+def tokenizer_sha256(tokenizer: Any) -> str:
+    """A fingerprint of the vocabulary, merges and chat template the targets' ids belong to."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256((text + (tokenizer.chat_template or "")).encode()).hexdigest()
 
 
 def export_rows(rows: list[dict[str, Any]], options: ExportOptions, tokenizer: Any, top_k: int | None,
-                dropped: Counter[str]) -> list[dict[str, Any]]:
+                dropped: Counter[str], scorer: Scorer | None = None) -> list[dict[str, Any]]:
     """The Axolotl rows for the kept samples; unusable ones are counted in ``dropped`` by reason."""
     out = []
+    turns = []
     for row in rows:
         messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"] or []]
         if not messages or messages[-1]["role"] != "assistant":
@@ -81,6 +107,7 @@ def export_rows(rows: list[dict[str, Any]], options: ExportOptions, tokenizer: A
         record: dict[str, Any] = {"messages": messages, "problem_id": row["problem_id"],
                                   "sample_index": row["sample_index"], "pass_rate": row.get("pass_rate"),
                                   "length": row.get("completion_tokens") or len(messages[-1]["content"])}
+        turn = None
         if tokenizer is not None:
             turn = student_turn(tokenizer, messages)
             if turn is None:
@@ -91,21 +118,29 @@ def export_rows(rows: list[dict[str, Any]], options: ExportOptions, tokenizer: A
                 continue
             record["length"] = turn.content_end - turn.content_start
             record["seq_len"] = len(turn.input_ids)
-        if options.format == "kd":
+        if options.format == "kd" and scorer is None:
             if not row.get("tokens") or not row.get("logprobs"):
                 dropped["no_logprobs"] += 1
                 continue
             try:
-                targets = build_kd_targets(turn, row["tokens"], row["logprobs"], top_k, len(tokenizer))
+                targets = targets_from_generation(turn, row.get("prompt_token_ids"), row["tokens"], row["logprobs"],
+                                                  top_k, len(tokenizer))
             except KDFormatError:
                 dropped["bad_logprobs"] += 1
                 continue
-            if targets.coverage < options.min_coverage:
-                dropped["low_coverage"] += 1
+            if targets is None:  # the run's logprobs belong to other tokens than the student's
+                dropped["not_provable"] += 1
                 continue
-            record.update(axolotl_columns(targets), kd_coverage=round(targets.coverage, 4),
-                          kd_exact=targets.exact)
+            record.update(axolotl_columns(targets), kd_targets=targets.source)
         out.append(record)
+        turns.append(turn)
+    if options.format == "kd" and scorer is not None:
+        for start in range(0, len(out), SCORE_CHUNK):
+            chunk = turns[start:start + SCORE_CHUNK]
+            scores = scorer.score([t.input_ids for t in chunk], top_k)
+            for record, turn, per_position in zip(out[start:start + SCORE_CHUNK], chunk, scores, strict=True):
+                targets = targets_from_scores(turn, per_position, top_k, len(tokenizer))
+                record.update(axolotl_columns(targets), kd_targets=targets.source)
     return out
 
 
@@ -118,21 +153,25 @@ def _write(rows: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
-def export_dataset(dataset_dir: Path, out_dir: Path, options: ExportOptions) -> dict[str, Any]:
+def export_dataset(dataset_dir: Path, out_dir: Path, options: ExportOptions,
+                   scorer: Scorer | None = None) -> dict[str, Any]:
     """Write the export (one file, or stage1/stage2) and ``export.json``; returns the manifest."""
     if options.format == "kd" and not options.student:
-        raise SpecError("--student: a KD export aligns the teacher's logprobs to the student's tokens; "
+        raise SpecError("--student: a KD export gives the teacher's distribution on the student's tokens; "
                         "give the student model (path or Hub id)")
     rows = list(read_kept(dataset_dir))
     teacher = _spec_teacher(dataset_dir)
     tokenizer = load_tokenizer(options.student) if options.student else None
     top_k = None
     if options.format == "kd":
-        top_k = _top_k(teacher, rows)
-        check_shared_tokenizer(tokenizer, rows, options.student,
-                               load_tokenizer(options.teacher_tokenizer) if options.teacher_tokenizer else None)
+        top_k = _top_k(options, teacher, rows, scored=scorer is not None)
+        if scorer is not None:
+            check_scorer_tokenizer(scorer, tokenizer, rows, options.student)
+        else:
+            check_shared_tokenizer(tokenizer, rows, options.student,
+                                   load_tokenizer(options.teacher_tokenizer) if options.teacher_tokenizer else None)
     dropped: Counter[str] = Counter()
-    records = export_rows(rows, options, tokenizer, top_k, dropped)
+    records = export_rows(rows, options, tokenizer, top_k, dropped, scorer)
     if not records:
         raise SpecError(f"DATASET_DIR: no exportable rows in {dataset_dir} ({len(rows)} kept, dropped "
                         f"{dict(dropped)}); check the run's stats.json")
@@ -157,16 +196,21 @@ def export_dataset(dataset_dir: Path, out_dir: Path, options: ExportOptions) -> 
     manifest = {
         "format": options.format, "file_format": options.file_format, "source": str(dataset_dir.resolve()),
         "student": options.student, "teacher_model": rows[0].get("teacher_model") if rows else None,
-        "teacher_temperature": teacher.get("temperature"), "top_k": top_k,
+        "teacher_sampling_temperature": teacher.get("temperature"), "top_k": top_k,
         "max_seq_len": options.max_seq_len,
         "longest_seq_len": max((r.get("seq_len") or 0 for r in records), default=0) or None,
         "kept_in_source": len(rows), "rows": len(records), "dropped": dict(sorted(dropped.items())),
         "files": files,
     }
     if options.format == "kd":
-        manifest["kd"] = {"exact_alignments": sum(r["kd_exact"] for r in records),
-                          "mean_coverage": round(sum(r["kd_coverage"] for r in records) / len(records), 4),
-                          "min_coverage": options.min_coverage}
+        sources = Counter(r["kd_targets"] for r in records)
+        manifest["kd"] = {
+            "targets": {"scored": sources["scored"], "generation": sources["generation"]},
+            "scorer": scorer.description if scorer is not None else None,
+            # what the stored log-probabilities are: the teacher's raw distribution (temperature 1), k most likely
+            "distribution": {"logprobs": "raw", "temperature": 1.0, "top_k": top_k,
+                             "tokenizer_sha256": tokenizer_sha256(tokenizer)},
+        }
     if options.curriculum:
         manifest["curriculum"] = {**options.curriculum.model_dump(), "stage1_max_length": quantile(
             [r["length"] for r in records], options.curriculum.stage1_max_length_quantile)}

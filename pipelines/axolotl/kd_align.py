@@ -8,19 +8,24 @@ assistant token and ends on the last token. Axolotl masks target p when label p 
 of the first assistant token (predicted from the prompt's last token) is never trained; every later content
 token and the end-of-turn token are.
 
-The teacher sampled token ids ``t`` for its raw completion; the student tokenises the normalised assistant
-turn (``<thought>…</thought>\\n\\nanswer``) into ``s``. With a shared tokenizer and a teacher that already
-wrote that format, ``t == s`` and the mapping is exact. Otherwise (``<think>`` tags, a separate reasoning
-field, stripped whitespace) the two id sequences are matched with difflib: a student token inside a matching
-block takes the teacher's distribution at the matched position, any other one gets a one-hot target on
-itself (pure cross-entropy), and the row's ``coverage`` says how much of it the teacher really supervises.
+Targets are right by construction: target p is the teacher's top-k distribution after exactly the student's
+tokens ``ids[:p+1]``. Two ways to get them:
+
+* ``scored`` (``targets_from_scores``): a teacher scoring pass over the student's final ids (see
+  ``pipelines/kd/score.py``); every position, the template's trailing tokens included, is the teacher's.
+* ``generation`` (``targets_from_generation``): the run's own top-k lists, only when the teacher's prompt ids
+  and sampled ids are provably the student's sequence (same prompt tokens, content tokens and end-of-turn
+  token). The tokens the template adds after the end of turn were never scored by the teacher: they get a
+  one-hot target on the template's own token (Axolotl trains one of them, the one after the end of turn).
+
+A row that is neither (normalised ``<think>`` tags, a separate reasoning field, re-tokenised text) is never
+re-aligned by guessing: without a scorer it is dropped as ``not_provable``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from difflib import SequenceMatcher
 from typing import Any
 
 TOKEN_ID_PREFIX = "token_id:"
@@ -46,8 +51,7 @@ class StudentTurn:
 @dataclass(frozen=True)
 class KDTargets:
     logprobs: list[list[Entry]]  # one top-k list per position from content_start - 1 to the last token
-    coverage: float  # fraction of trained tokens (content + end of turn) that carry a teacher distribution
-    exact: bool  # the teacher's ids were the student's ids, token for token
+    source: str  # "scored" | "generation"
 
 
 def encode_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> list[int]:
@@ -79,18 +83,6 @@ def parse_token_id(token: str) -> int:
         raise KDFormatError(f"token {token!r} is not 'token_id:<id>'") from None
 
 
-def align_tokens(teacher: Sequence[int], student: Sequence[int]) -> list[int | None]:
-    """For each student token, the index of the same token in the teacher's sequence (None if unmatched)."""
-    if list(teacher) == list(student):
-        return list(range(len(student)))
-    mapping: list[int | None] = [None] * len(student)
-    # autojunk off: in long traces frequent tokens (spaces, newlines) would otherwise never match
-    for block in SequenceMatcher(None, list(teacher), list(student), autojunk=False).get_matching_blocks():
-        for offset in range(block.size):
-            mapping[block.b + offset] = block.a + offset
-    return mapping
-
-
 def one_hot(token_id: int, k: int) -> list[Entry]:
     """A target that puts all mass on ``token_id`` (k entries, the others at FILLER_LOGPROB)."""
     others = [i for i in range(k + 1) if i != token_id][:k - 1]
@@ -101,7 +93,7 @@ def one_hot(token_id: int, k: int) -> list[Entry]:
 def top_k_entries(entries: Sequence[dict[str, Any]], k: int, vocab_size: int) -> list[Entry]:
     """The teacher's list cut or padded to exactly k entries, ids checked against the student's vocabulary."""
     out: list[Entry] = []
-    for entry in list(entries)[:k]:
+    for entry in sorted(entries, key=lambda e: float(e["logprob"]), reverse=True)[:k]:
         token_id = parse_token_id(entry["token"])
         if not 0 <= token_id < vocab_size:
             raise KDFormatError(f"teacher token id {token_id} is outside the student's vocabulary ({vocab_size})")
@@ -114,41 +106,41 @@ def top_k_entries(entries: Sequence[dict[str, Any]], k: int, vocab_size: int) ->
     return out
 
 
-def build_kd_targets(turn: StudentTurn, tokens: Sequence[str], topk: Sequence[Sequence[dict[str, Any]] | None],
-                     k: int, vocab_size: int) -> KDTargets:
-    """The right-aligned KD target list for one conversation (see the module docstring for the layout)."""
-    if len(tokens) != len(topk):
-        raise KDFormatError(f"{len(tokens)} sampled tokens but {len(topk)} top-k lists")
-    teacher_ids = [parse_token_id(t) for t in tokens]
-    dists = list(topk)
+def targets_from_scores(turn: StudentTurn, scores: Sequence[Sequence[tuple[int, float]] | None], k: int,
+                        vocab_size: int) -> KDTargets:
+    """Targets from a scoring pass over ``turn.input_ids`` (``scores[i]``: the top k before token i)."""
     ids = turn.input_ids
-    eot_id = ids[turn.content_end] if turn.content_end < len(ids) else None
-    eot_dist = None
-    if eot_id is not None and teacher_ids and teacher_ids[-1] == eot_id:  # vLLM reports the sampled EOS too
-        eot_dist, teacher_ids, dists = dists[-1], teacher_ids[:-1], dists[:-1]
-    content = ids[turn.content_start:turn.content_end]
-    mapping = align_tokens(teacher_ids, content)
-    covered = 0
-    targets: list[list[Entry]] = []
+    if len(scores) != len(ids):
+        raise KDFormatError(f"{len(scores)} scored positions for {len(ids)} tokens")
+    targets = []
     for position in range(turn.content_start - 1, len(ids)):
         nxt = position + 1
-        dist = None
-        if nxt >= len(ids):  # after the last token: Axolotl masks it (label of the template's last token)
-            targets.append(one_hot(eot_id if eot_id is not None else ids[-1], k))
+        if nxt >= len(ids):  # after the last token: masked by Axolotl (the template's last label is -100)
+            targets.append(one_hot(ids[-1], k))
             continue
-        if nxt < turn.content_end:
-            index = mapping[nxt - turn.content_start]
-            dist = dists[index] if index is not None else None
-        elif nxt == turn.content_end:
-            dist = eot_dist
-        if dist:
-            targets.append(top_k_entries(dist, k, vocab_size))
-            covered += nxt <= turn.content_end
-        else:
-            targets.append(one_hot(ids[nxt], k))
-    trained = len(content) + (eot_id is not None)
-    exact = teacher_ids == content and (eot_id is None or eot_dist is not None)
-    return KDTargets(targets, covered / trained if trained else 0.0, exact)
+        top = scores[nxt]
+        if not top:
+            raise KDFormatError(f"no teacher distribution at position {nxt}")
+        targets.append(top_k_entries([{"token": f"{TOKEN_ID_PREFIX}{t}", "logprob": v} for t, v in top], k,
+                                     vocab_size))
+    return KDTargets(targets, "scored")
+
+
+def targets_from_generation(turn: StudentTurn, prompt_ids: Sequence[int] | None, tokens: Sequence[str],
+                            topk: Sequence[Sequence[dict[str, Any]]], k: int, vocab_size: int) -> KDTargets | None:
+    """Targets from the run's own top-k lists, or None unless its context and tokens are the student's."""
+    if len(tokens) != len(topk):
+        raise KDFormatError(f"{len(tokens)} sampled tokens but {len(topk)} top-k lists")
+    ids = turn.input_ids
+    if prompt_ids is None or list(prompt_ids) != ids[:turn.content_start]:
+        return None
+    # the sampled ids are the assistant content and then the end-of-turn token (finish_reason "stop")
+    if [parse_token_id(t) for t in tokens] != ids[turn.content_start:turn.content_end + 1]:
+        return None
+    targets = [top_k_entries(dist, k, vocab_size) for dist in topk]
+    for position in range(turn.content_end, len(ids)):  # the template's tokens after the end of turn
+        targets.append(one_hot(ids[position + 1] if position + 1 < len(ids) else ids[-1], k))
+    return KDTargets(targets, "generation")
 
 
 def axolotl_columns(targets: KDTargets) -> dict[str, list[list[Any]]]:

@@ -59,3 +59,13 @@ def check_shared_tokenizer(student: Any, rows: list[dict[str, Any]], student_nam
         raise SpecError(f"--student: {student_name!r} decodes only {agreeing}/{len(sample)} of the teacher "
                         f"({teacher_model}) token sequences back to their completions: not the teacher's tokenizer; "
                         "offline KD needs a shared tokenizer (pick a student of the teacher's family, or use SFT)")
+
+
+def check_scorer_tokenizer(scorer: Any, student: Any, rows: list[dict[str, Any]], student_name: str | None) -> None:
+    """Raise a one-line SpecError unless the scoring teacher tokenises the rows' answers as the student does."""
+    texts = [r["messages"][-1]["content"] for r in rows[:CHECK_ROWS] if r.get("messages")]
+    agreeing = sum(scorer.tokenize(t) == list(student.encode(t, add_special_tokens=False)) for t in texts)
+    if texts and agreeing < len(texts):
+        raise SpecError(f"--student: {student_name!r} tokenises {len(texts) - agreeing}/{len(texts)} answers "
+                        f"differently from the teacher ({scorer.description}); KD targets are token ids and need "
+                        "one tokenizer: pick a student of the teacher's family, or train with SFT")
