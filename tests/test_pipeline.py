@@ -55,8 +55,9 @@ def test_run_against_loopback_teacher(problems_spec: Path, tmp_path: Path) -> No
     # The teacher saw one request per problem, asking for n samples with the spec's sampling settings.
     assert len(teacher.requests) == len(PROBLEMS)
     first = teacher.requests[0]
-    assert (first["n"], first["model"], first["temperature"], first["top_logprobs"]) == (2, "served-teacher", 0.7, 3)
-    assert first["return_tokens_as_token_ids"] is True
+    # k+1 asked: vLLM puts the sampled token in place of the k-th when it is outside the top k
+    assert (first["n"], first["model"], first["temperature"], first["top_logprobs"]) == (2, "served-teacher", 0.7, 4)
+    assert first["return_tokens_as_token_ids"] is True and first["return_token_ids"] is True
     assert first["messages"][0]["role"] == "system" and "<thought>" in first["messages"][0]["content"]
 
     frame = pd.read_parquet(out)
