@@ -13,8 +13,9 @@ the end-to-end ratio adds the pipeline's start-up and dataset writing.
 
 ``--real-vllm``: the teacher is a real vLLM server (``.venv-vllm``, started like ``distill serve``) serving the
 lab's tiny teacher (trained on first use, cached in ``out/bench/lab-teacher``) or ``--model DIR``. There is no
-simulator to ask, so a poller reads vLLM's ``/metrics`` every 50 ms: the span is from the first sample with a
-request running to the last, tokens are the growth of ``vllm:generation_tokens``.
+simulator to ask, so a poller reads vLLM's ``/metrics`` every 50 ms. Its request gauges stay 0 between its stat
+logs, so the rate comes from the ``vllm:generation_tokens`` counter: the time from 10 % to 90 % of the run's
+tokens, scaled to a whole-run span (start-up and the drain at the end left out, the same way for both sides).
 
 Exits non-zero only when a measurement could not run.
 """
@@ -105,8 +106,8 @@ class VLLMMeter:
     def _read(self) -> tuple[float, float]:
         running = tokens = 0.0
         for root in self.roots:
-            for line in httpx.get(f"{root}/metrics", timeout=5).text.splitlines():
-                if line.startswith("vllm:num_requests_running"):
+            for line in httpx.get(f"{root}/metrics", timeout=30).text.splitlines():
+                if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
                     running += float(line.rsplit(" ", 1)[1])
                 elif line.startswith("vllm:generation_tokens_total"):
                     tokens += float(line.rsplit(" ", 1)[1])
@@ -114,11 +115,16 @@ class VLLMMeter:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.monotonic(), *self._read()))
+            try:
+                self.samples.append((time.monotonic(), *self._read()))
+            except httpx.HTTPError:
+                self.errors += 1
             time.sleep(0.05)
 
     def reset(self) -> None:
-        self.samples = [(time.monotonic(), *self._read())]
+        self.errors = 0
+        self.start_tokens = self._read()[1]
+        self.samples = []
         self._stop.clear()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
@@ -127,13 +133,16 @@ class VLLMMeter:
         self._stop.set()
         if self._thread:
             self._thread.join()
-        busy = [t for t, running, _ in self.samples if running > 0]
-        span = (busy[-1] - busy[0]) if len(busy) > 1 else float("nan")
-        peak = max((running for _, running, _ in self.samples), default=0)
-        busy_slot_s = sum((b[0] - a[0]) * a[1] for a, b in zip(self.samples, self.samples[1:], strict=False))
-        return {"requests": self.requests, "completion_tokens": self.samples[-1][2] - self.samples[0][2],
-                "span_s": span, "slots": self.slots * len(self.roots), "busy_slot_s": busy_slot_s,
-                "peak_requests": int(peak)}
+        total = self._read()[1] - self.start_tokens
+
+        def reached(share: float) -> float:
+            return next((t for t, _, tokens in self.samples if tokens - self.start_tokens >= share * total),
+                        float("nan"))
+
+        span = (reached(0.9) - reached(0.1)) / 0.8 if total else float("nan")
+        return {"requests": self.requests, "completion_tokens": total, "span_s": span,
+                "slots": self.slots * len(self.roots), "busy_slot_s": float("nan"), "peak_requests": 0,
+                "samples": len(self.samples), "poll_errors": self.errors}
 
     requests = 0  # set by the caller: vLLM's /metrics has no per-run request count that survives a reset
 

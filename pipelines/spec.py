@@ -149,7 +149,7 @@ class PrmConfig(_Strict):
     model: str
     style: Literal["math-shepherd", "qwen-prm"] = "math-shepherd"
     backend: Literal["transformers", "vllm"] = "transformers"
-    base_url: str = "http://127.0.0.1:8001"  # vllm: the server of `vllm serve MODEL --task reward`
+    base_url: str = "http://127.0.0.1:8001"  # vllm: a pooling server (prm.backend_vllm.server_args)
     served_model: str | None = None  # vllm: the served model name (default: model)
     tokenizer: str | None = None  # default: model
     aggregation: Literal["min", "mean", "last", "product"] = "min"

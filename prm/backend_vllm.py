@@ -1,15 +1,26 @@
-"""PRM scoring through a vLLM server running the PRM as a reward (pooling) model.
+"""PRM scoring through a vLLM server running the PRM as a token-classification pooling model.
 
-``vllm serve MODEL --task reward`` (Qwen2.5-Math-PRM: STEP pooling at ``<extra_0>``; Math-Shepherd:
-add ``--override-pooler-config '{"pooling_type": "STEP", "step_tag_id": ID, "returned_token_ids": [GOOD, BAD]}'``).
-``POST /pooling {"model", "input": [texts]}`` answers ``{"data": [{"index", "data": rows}]}`` where ``rows``
-has one row per step (STEP pooling) or one per token (ALL pooling; we pick the tag positions, found with
-the local tokenizer). A row is ``[P(+), P(-)]`` (math-shepherd) or ``[P(0), P(1)]`` (qwen-prm), or a
-vocabulary-sized row from which the ``+``/``-`` entries are taken.
+Checked with vLLM 0.32 (``--task reward`` is gone); ``server_args(cfg, tokenizer)`` writes these flags:
+
+- ``qwen-prm``: ``vllm serve MODEL --runner pooling --pooler-config '{"task": "token_classify",
+  "tok_pooling_type": "ALL"}'``. Qwen2.5-Math-PRM runs as vLLM's ``Qwen2ForProcessRewardModel``, a
+  ``*ForTokenClassification`` checkpoint (the tiny PRM of prm/tiny.py) through ``--convert classify``
+  (automatic); rows are ``softmax(head)`` = ``[P(0), P(1)]``.
+- ``math-shepherd`` (a causal LM): ``vllm serve MODEL --runner pooling --convert classify --hf-overrides
+  '{"classifier_from_token": ["+", "-"], "method": "no_post_processing"}' --pooler-config (as above)``: the
+  classifier is the two LM-head rows of the vocabulary entries ``+``/``-`` (token strings, not text:
+  ``server_args`` takes them from the tokenizer), so a row is ``softmax([logit+, logit-])`` = ``[P(+), P(-)]``.
+  ``returned_token_ids`` does not do this: STEP pooling applies it to the hidden state, before any head.
+
+``POST /pooling {"model", "task": "token_classify", "input": [texts], "add_special_tokens"}`` answers
+``{"data": [{"index", "data": rows}]}``: one row per token (ALL pooling; we pick the tag positions, found with
+the local tokenizer) or, with ``"tok_pooling_type": "STEP", "step_tag_id": ID``, one per occurrence of token
+ID. A vocabulary-sized row (math-shepherd) is read at the ``+``/``-`` ids.
 """
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,14 +38,35 @@ def pooling_url(base_url: str) -> str:
     return (base[:-3] if base.endswith("/v1") else base) + "/pooling"
 
 
+def server_args(cfg: PrmConfig, tokenizer: Any, step_pooling: bool = False) -> list[str]:
+    """The ``vllm serve MODEL`` flags that make ``/pooling`` answer the rows this backend reads.
+
+    ``step_pooling``: one row per step tag (less JSON) instead of one per token; exact only when the tag's
+    last token never occurs elsewhere in a trace (else the row count mismatches and scoring fails).
+    """
+    pooler: dict[str, Any] = {"task": "token_classify", "tok_pooling_type": "ALL"}
+    if step_pooling:
+        pooler.update(tok_pooling_type="STEP", step_tag_id=token_ids(tokenizer, cfg.tag))
+    args = ["--runner", "pooling"]
+    if cfg.style == "math-shepherd":
+        tokens = tokenizer.convert_ids_to_tokens([token_ids(tokenizer, cfg.good_token),
+                                                  token_ids(tokenizer, cfg.bad_token)])
+        args += ["--convert", "classify", "--hf-overrides",
+                 json.dumps({"classifier_from_token": tokens, "method": "no_post_processing"}, ensure_ascii=False)]
+    args += ["--pooler-config", json.dumps(pooler), "--max-model-len", str(cfg.max_tokens)]
+    if cfg.served_model:
+        args += ["--served-model-name", cfg.served_model]
+    return args + (["--trust-remote-code"] if cfg.trust_remote_code else [])
+
+
 def step_pair(row: list[float], style: str, good_id: int, bad_id: int) -> tuple[float, float]:
     """(negative, positive) from one server row."""
     if len(row) == 2:
         return (row[1], row[0]) if style == "math-shepherd" else (row[0], row[1])
     if style == "math-shepherd" and len(row) > max(good_id, bad_id):
         return row[bad_id], row[good_id]
-    raise PrmServerError(f"a pooling row has {len(row)} values; expected 2 (STEP pooling with "
-                         "returned_token_ids) or one per vocabulary entry")
+    raise PrmServerError(f"a pooling row has {len(row)} values; expected 2: serve the PRM as a token "
+                         "classifier (see prm/backend_vllm.py), not as an embedding model")
 
 
 def rewards_from_rows(trace: EncodedTrace, rows: list[Any], style: str, good_id: int, bad_id: int,
@@ -68,11 +100,13 @@ class VLLMPoolingBackend:
         import requests
 
         try:
-            response = self.session.post(self.url, json={"model": self.model_name, "input": texts},
-                                         timeout=self.cfg.timeout_s)
+            body = {"model": self.model_name, "task": "token_classify", "input": texts,
+                    "add_special_tokens": self.cfg.style == "math-shepherd"}  # as prm.encode tokenizes
+            response = self.session.post(self.url, json=body, timeout=self.cfg.timeout_s)
         except requests.RequestException as exc:
             raise PrmServerError(f"prm.base_url: cannot reach {self.url} ({type(exc).__name__}); "
-                                 "start `vllm serve MODEL --task reward` or fix the URL") from None
+                                 "start `vllm serve MODEL --runner pooling …` (see prm/backend_vllm.py) "
+                                 "or fix the URL") from None
         if response.status_code != 200:
             detail = response.text.strip().replace("\n", " ")[:200]
             raise PrmServerError(f"prm.base_url: {self.url} answered HTTP {response.status_code}: {detail}")

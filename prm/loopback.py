@@ -3,7 +3,7 @@
 It computes what vLLM's poolers return, independently of prm/backend_transformers (full forward pass,
 no batching): with ``pooling="all"`` one row per token, with ``pooling="step"`` only the rows at the step
 tag token (vLLM's STEP pooler). Rows are ``[P(+), P(-)]`` renormalised over the two tokens
-(math-shepherd, ``returned_token_ids=[+, -]``) or ``softmax(head)`` over the 2 classes (qwen-prm).
+(math-shepherd, ``classifier_from_token: [+, -]``) or ``softmax(head)`` over the 2 classes (qwen-prm).
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ class LoopbackPrmServer:
         assert self._http is not None, "server not started"
         return self._http.url
 
-    def rows(self, text: str) -> list[list[float]]:
+    def rows(self, text: str, add_special_tokens: bool = True) -> list[list[float]]:
         import torch
 
-        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]  # vLLM's default for /pooling
+        ids = self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]  # vLLM's default: True
         with torch.inference_mode():
             logits = self.model(input_ids=torch.tensor([ids])).logits[0].float()
         if self.style == "math-shepherd":
@@ -57,7 +57,8 @@ class LoopbackPrmServer:
         texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
         with self._lock:
             self.requests.append(body)
-            data = [{"index": i, "object": "pooling", "data": self.rows(t)} for i, t in enumerate(texts)]
+            special = body.get("add_special_tokens", True)
+            data = [{"index": i, "object": "pooling", "data": self.rows(t, special)} for i, t in enumerate(texts)]
         return {"id": f"pool-{len(self.requests)}", "object": "list", "model": body.get("model"), "data": data}
 
     def __enter__(self) -> LoopbackPrmServer:

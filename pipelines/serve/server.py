@@ -28,8 +28,10 @@ from pipelines.spec import SpecError
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
-# `--task reward`: the PRM as a token-classification pooling model; /pooling answers per-token class probabilities.
-REWARD_ARGS = ["--runner", "pooling"]
+# `--task reward`: the PRM as a token-classification pooling model; /pooling answers per-token class probabilities
+# (a qwen-prm token classifier as it is; a math-shepherd causal LM also needs, after `--`, the flags that
+# prm.backend_vllm.server_args writes: --convert classify --hf-overrides '{"classifier_from_token": ["+", "-"], …}').
+REWARD_ARGS = ["--runner", "pooling", "--pooler-config", '{"task": "token_classify", "tok_pooling_type": "ALL"}']
 
 
 class ServeConfig(BaseModel):
