@@ -147,6 +147,10 @@ from pipelines.serve.commands import register as register_serve_command  # noqa:
 
 register_serve_command(app)
 
+from pipelines.eval.commands import register as register_eval_command  # noqa: E402  (eval)
+
+register_eval_command(app)
+
 
 def entrypoint() -> None:
     try:
