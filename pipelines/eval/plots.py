@@ -38,6 +38,9 @@ def pass_at_k_plot(set_name: str, runs: dict[str, dict[str, Any]], path: Path) -
                     label=f"{model} maj@k")
     ax.set(xlabel="k", ylabel="%", title=f"{set_name}: pass@k (solid), maj@k (dashed)", ylim=(0, 100))
     ax.set_xscale("log", base=2)
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.legend(fontsize=8)
     _save(fig, path)
 

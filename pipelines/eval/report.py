@@ -80,8 +80,8 @@ def render_markdown(cfg: EvalConfig, results: dict[str, Any]) -> str:
                   f"{info['verification']}). Distribution: **{info['distribution']['label']}** "
                   f"({info['distribution']['reason']}). Leakage ({leak['ngram']}-gram overlap with --train): "
                   f"**{leak['count']}** problem(s)" + (", excluded from the `clean` rows." if leak["count"] else "."),
-                  "", "| model | problems | n | pass@1 | pass@k | maj@k | format | truncated | tokens mean / median |"
-                  " ECE | ECE (lp) | chain | errors |" + (" chrF | WER |" if similarity else ""),
+                  "", "| model | subset | problems | pass@1 ± SE | pass@k | maj@k | format | truncated | "
+                  "tokens mean / median | ECE | ECE (lp) | chain | errors |" + (" chrF | WER |" if similarity else ""),
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if similarity else "")]
         for model in models:
             run = results["runs"].get(model, {}).get(name)
