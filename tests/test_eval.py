@@ -156,3 +156,34 @@ def test_crafted_outputs_are_dataset_folders_and_resume(crafted: dict[str, Any])
     changed = crafted["changed"]
     assert changed.returncode == 2 and changed.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "sampled earlier with other settings (samples differ)" in changed.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "nope", "--model", "m=http://127.0.0.1:9/v1"], "--set: unknown eval set 'nope'; give a set YAML or "
+                                                              "one of: aime-2024, aime-2025, arc-challenge"),
+    (["--set", "lab-addition", "--model", "m=http://127.0.0.1:9/v1"],
+     "--model m: cannot reach http://127.0.0.1:9/v1 (connection refused); start the server"),
+    (["--set", "lab-addition", "--model", "m=http://127.0.0.1:9/v1", "--samples", "0"],
+     "--samples: must be at least 1, got 0"),
+    (["--set", "lab-addition"], "--model: give at least one model"),
+    (["--set", "lab-addition", "--model", "sft=no/such/dir/here"], "--model sft: 'no/such/dir/here' does not exist"),
+    (["--set", "lab-addition", "--model", "sft=tests/no-model"], "--model sft: 'tests/no-model' does not exist"),
+    (["--set", "lab-addition", "--model", "m=http://127.0.0.1:9/v1", "--train", "tests"],
+     "--train: tests is not a dataset folder"),
+])
+def test_bad_input_is_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    result = run_distill("eval", *args, "--out", tmp_path / "out", check=False)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.stderr
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_config_file_and_flag_override(tmp_path: Path) -> None:
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump({"sets": ["lab-addition"], "models": [{"name": "m", "url": "http://127.0.0.1:9/v1"}],
+                                      "samples": 2, "bins": 1}))
+    result = run_distill("eval", "--config", config, "--out", tmp_path / "out", check=False)
+    assert result.returncode == 2 and result.stderr.strip() == \
+        f"error: {config}: bins: Input should be greater than or equal to 2"
+    result = run_distill("eval", "--config", config, "--samples", "0", "--out", tmp_path / "out", check=False)
+    assert result.stderr.strip() == "error: --samples: must be at least 1, got 0"

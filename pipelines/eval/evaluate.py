@@ -10,6 +10,7 @@ import pandas as pd
 
 from pipelines.eval.config import EvalConfig
 from pipelines.eval.leakage import TrainFolder, distribution, leaked, read_train_folder
+from pipelines.eval.models import check_path, probe
 from pipelines.eval.run import Plan, generate, plan_runs, prepare_sets
 from pipelines.eval.score import add_consistency, problem_key, score_sample, set_metrics
 from pipelines.eval.sets import EvalSet, load_set
@@ -70,6 +71,11 @@ def evaluate(cfg: EvalConfig, api_keys: dict[str, str | None] | None = None) -> 
         raise SpecError(f"--teacher-traces: {cfg.teacher_traces!r} is neither a dataset folder nor a model of "
                         "this eval")
     folders: list[TrainFolder] = [read_train_folder(p) for p in cfg.train]
+    for model in cfg.models:  # before anything is written: every server answers, every folder exists
+        if model.url is not None:
+            probe(model, model.url, (api_keys or {}).get(model.name))
+        else:
+            check_path(model)
     prepared = prepare_sets(cfg, sets)
     plans = plan_runs(cfg, sets, prepared)
     generate(plans, cfg.out / "serve", api_keys or {})

@@ -78,7 +78,9 @@ def check_path(model: ModelConfig) -> None:
         if Path(model.path).is_dir() and not (Path(model.path) / "config.json").is_file():
             raise SpecError(f"--model {model.name}: {model.path} has no config.json (not a model folder)")
         return
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", model.path) or model.path.startswith((".", "/")):
+    # owner/name is a Hub id, unless "owner" is a local folder (out/sft: a typo, not a download)
+    if (not re.fullmatch(r"[\w.-]+/[\w.-]+", model.path) or model.path.startswith((".", "/"))
+            or Path(model.path).parent.is_dir()):
         raise SpecError(f"--model {model.name}: {model.path!r} does not exist (give a model folder, a Hub id, "
                         "or a URL)")
 

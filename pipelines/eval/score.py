@@ -13,6 +13,7 @@ normalised text); with ``logprobs`` also the sequence confidence ``exp(mean toke
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 from pipelines.eval import metrics as m
@@ -31,15 +32,28 @@ def answer_key(answer: str | None, method: str, problem: str) -> str | None:
     if method == "choice":
         return extract_choice(answer, choice_options(problem))
     if method == "math":
-        from math_verify import parse
-
-        try:
-            parsed = parse(answer, parsing_timeout=None)
-        except Exception:  # noqa: BLE001 - math-verify raises on odd LaTeX; fall back to the text
-            parsed = []
-        if parsed:
-            return str(parsed[0])
+        parsed = _math_parse(answer)
+        if parsed is not None:
+            return parsed
     return _normalise(answer) or None
+
+
+def _math_parse(answer: str) -> str | None:
+    """math-verify's reading of an answer, decimals as fractions (0.5 and \\frac{1}{2} vote together)."""
+    import sympy
+    from math_verify import parse
+
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None  # SIGALRM: main thread only
+    try:
+        parsed = parse(answer, parsing_timeout=timeout)
+    except Exception:  # noqa: BLE001 - math-verify raises on odd LaTeX; fall back to the text
+        return None
+    if not parsed:
+        return None
+    value = parsed[0]
+    if isinstance(value, sympy.Float):
+        value = sympy.Rational(str(value)).limit_denominator(10**9)
+    return str(value)
 
 
 def problem_key(text: str) -> str:
