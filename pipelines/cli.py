@@ -143,6 +143,10 @@ from pipelines.serve.commands import register as register_serve_command  # noqa:
 
 register_serve_command(app)
 
+from pipelines.eval.commands import register as register_eval_command  # noqa: E402  (eval)
+
+register_eval_command(app)
+
 from lab.commands import register as register_lab_commands  # noqa: E402  (lab teacher|student|problems|run)
 
 register_lab_commands(app)

@@ -47,7 +47,7 @@ def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_i
                                      dispatch=spec.run.dispatch,
                                      resources=StepResources(replicas=spec.run.generate_replicas))
         curate = CurateTraces(name="curate", verification=spec.verification, prompt=spec.prompt,
-                              input_batch_size=batch)
+                              similarity=spec.similarity, input_batch_size=batch)
         write = WriteParts(name="write", cache_dir=str(cache_dir), total_problems=total, input_batch_size=batch)
         if spec.prm is not None:
             from pipelines.steps.prm import PrmFilter

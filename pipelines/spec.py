@@ -196,6 +196,13 @@ class PrmConfig(_Strict):
         return self.step_tag or (" ки" if self.style == "math-shepherd" else "<extra_0>")
 
 
+class SimilarityConfig(_Strict):
+    """``verification: similarity``: an answer is right when it is close enough to the reference text."""
+
+    metric: Literal["chrf", "wer"] = "chrf"
+    threshold: float = Field(0.6, ge=0.0, le=1.0)  # chrf: chrF/100 at least this; wer: WER at most this
+
+
 class DatasetSpec(_Strict):
     name: str
     description: str = ""
@@ -203,7 +210,8 @@ class DatasetSpec(_Strict):
     source: SourceConfig
     prompt: PromptConfig = PromptConfig()
     teacher: TeacherConfig = TeacherConfig()
-    verification: Literal["math", "exact", "none"] = "math"
+    verification: Literal["math", "exact", "choice", "similarity", "none"] = "math"
+    similarity: SimilarityConfig = SimilarityConfig()
     output: OutputConfig = OutputConfig()
     run: RunConfig = RunConfig()
     prm: PrmConfig | None = None

@@ -1,11 +1,16 @@
-"""Verify a final answer against gold: math-verify for math, normalised string match for exact."""
+"""Verify a final answer against gold: math-verify for math, normalised string match for exact, the option
+letter for multiple choice, and chrF/WER against a reference text for similarity."""
 
 from __future__ import annotations
 
 import re
 import threading
+from typing import TYPE_CHECKING
 
 from math_verify import parse, verify
+
+if TYPE_CHECKING:
+    from pipelines.spec import SimilarityConfig
 
 _BOXED = re.compile(r"\\boxed\s*\{")
 
@@ -51,8 +56,76 @@ def _math_equal(answer: str, gold: str) -> bool:
     return bool(verify(gold_parsed, answer_parsed, timeout_seconds=timeout))
 
 
-def verify_answer(answer: str | None, gold: object, method: str) -> bool | None:
-    """True/False when the method can judge, None when verification is off."""
+# An option line of a multiple-choice problem: "(B) text", "B. text" or "B) text" at the start of a line.
+_OPTION_LINE = re.compile(r"^\s*\(?([A-Z])[).:]\s+(.+?)\s*$", re.MULTILINE)
+# the letter itself must be a capital: "the answer is a bit long" picks nothing
+_ANSWER_IS = re.compile(r"(?i:answer)\s*(?:(?i:is)|:)\s*:?\s*(?:(?i:option)\s*)?\(?([A-Z])\)?(?![A-Za-z])")
+_LONE_LETTER = re.compile(r"^\s*(?:option\s*)?\(?([A-Z])\)?\s*[.:)]?\s*$", re.IGNORECASE)
+_LEADING_LETTER = re.compile(r"^\s*\(?([A-Z])[).:](?:\s|$)")
+_PAREN_LETTER = re.compile(r"\(([A-Z])\)")
+
+
+def choice_options(problem: str | None) -> dict[str, str]:
+    """The options of a multiple-choice problem, letter → text, read from its option lines."""
+    options: dict[str, str] = {}
+    for match in _OPTION_LINE.finditer(problem or ""):
+        options.setdefault(match.group(1), match.group(2))
+    return options
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", text.casefold()).strip()
+
+
+def extract_choice(answer: str | None, options: dict[str, str] | None = None) -> str | None:
+    """The option letter an answer picks: ``\\boxed{B}``, ``answer is (B)``, ``(B)``, ``B.``, ``B`` or the text
+    of one option. With ``options`` only their letters count; None when the answer picks none (or several)."""
+    if not answer:
+        return None
+    valid = set(options or []) or set("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    boxed = last_boxed(answer)
+    candidates = [boxed] if boxed is not None else []
+    candidates.append(answer)
+    for text in candidates:
+        for pattern in (_LONE_LETTER, _LEADING_LETTER):
+            match = pattern.match(text)
+            if match and match.group(1).upper() in valid:
+                return match.group(1).upper()
+        said = [m.group(1).upper() for m in _ANSWER_IS.finditer(text) if m.group(1).upper() in valid]
+        if said:
+            return said[-1]
+        marked = {m.group(1) for m in _PAREN_LETTER.finditer(text) if m.group(1) in valid}
+        if len(marked) == 1:
+            return marked.pop()
+        if options:
+            plain = _plain(text)
+            exact = [letter for letter, option in options.items() if _plain(option) == plain]
+            if len(exact) == 1:
+                return exact[0]
+            within = [letter for letter, option in options.items()
+                      if _plain(option) and re.search(rf"\b{re.escape(_plain(option))}\b", plain)]
+            if len(within) == 1:
+                return within[0]
+    return None
+
+
+def _similar(answer: str, reference: str, similarity: SimilarityConfig | None) -> bool:
+    from pipelines.eval.similarity import chrf, wer
+
+    metric = similarity.metric if similarity else "chrf"
+    threshold = similarity.threshold if similarity else 0.6
+    if metric == "wer":
+        return wer(answer, reference) <= threshold
+    return chrf(answer, reference) >= threshold
+
+
+def verify_answer(answer: str | None, gold: object, method: str, problem: str | None = None,
+                  similarity: SimilarityConfig | None = None) -> bool | None:
+    """True/False when the method can judge, None when verification is off.
+
+    ``choice`` reads the options from the ``problem`` text (so the option text counts as an answer) and compares
+    the letter with the gold letter; ``similarity`` compares the answer with the gold reference text.
+    """
     if method == "none":
         return None
     gold_text = gold_answer(gold)
@@ -62,4 +135,10 @@ def verify_answer(answer: str | None, gold: object, method: str) -> bool | None:
         return _normalise(answer) == _normalise(gold_text)
     if method == "math":
         return _math_equal(answer, gold_text)
-    raise ValueError(f"verification: unknown method {method!r} (use math, exact or none)")
+    if method == "choice":
+        options = choice_options(problem)
+        picked = extract_choice(answer, options)
+        return picked is not None and picked == extract_choice(gold_text)
+    if method == "similarity":
+        return _similar(answer, str(gold).strip(), similarity)
+    raise ValueError(f"verification: unknown method {method!r} (use math, exact, choice, similarity or none)")

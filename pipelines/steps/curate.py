@@ -7,12 +7,12 @@ from distilabel.typing import StepOutput
 
 from pipelines.parse import normalise, parse_trace
 from pipelines.prompt import build_messages
-from pipelines.spec import PromptConfig
+from pipelines.spec import PromptConfig, SimilarityConfig
 from pipelines.verify import gold_answer, verify_answer
 
 
 def curate_sample(sample: dict[str, Any], problem: str, gold: str | None, method: str,
-                  prompt: PromptConfig) -> dict[str, Any]:
+                  prompt: PromptConfig, similarity: SimilarityConfig | None = None) -> dict[str, Any]:
     """The dataset fields of one sample: parsed, verified, kept or rejected with a reason."""
     record = {"completion": sample.get("text"), "reasoning_content": sample.get("reasoning"),
               "thought": None, "answer": None, "correct": None, "messages": None}
@@ -24,7 +24,7 @@ def curate_sample(sample: dict[str, Any], problem: str, gold: str | None, method
         return {**record, "kept": False, "rejection_reason": "truncated"}
     if not parsed.ok:
         return {**record, "kept": False, "rejection_reason": parsed.rejection_reason}
-    record["correct"] = verify_answer(parsed.answer, gold, method)
+    record["correct"] = verify_answer(parsed.answer, gold, method, problem=problem, similarity=similarity)
     if record["correct"] is False:
         return {**record, "kept": False, "rejection_reason": "incorrect"}
     assistant = {"role": "assistant", "content": normalise(parsed.thought, parsed.answer)}
@@ -37,6 +37,7 @@ class CurateTraces(Step):
 
     verification: str = "math"
     prompt: PromptConfig = PromptConfig()
+    similarity: SimilarityConfig = SimilarityConfig()
 
     @property
     def inputs(self) -> list[str]:
@@ -49,7 +50,8 @@ class CurateTraces(Step):
     def process(self, inputs: StepInput) -> StepOutput:  # type: ignore[override]
         for row in inputs:
             row["samples"] = [
-                {**sample, **curate_sample(sample, row["problem"], row["gold"], self.verification, self.prompt)}
+                {**sample, **curate_sample(sample, row["problem"], row["gold"], self.verification, self.prompt,
+                                           self.similarity)}
                 for sample in row["samples"]
             ]
             row["gold"] = gold_answer(row["gold"])

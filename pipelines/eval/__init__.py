@@ -1,0 +1,1 @@
+"""`distill eval`: sample k answers per problem from one or more models, score them, write one report."""
