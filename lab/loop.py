@@ -10,6 +10,7 @@ problems;  7. the table and the plots.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -32,6 +33,8 @@ from pipelines.spec import SpecError
 ROOT = Path(__file__).resolve().parents[1]
 DISTILL = [sys.executable, "-m", "pipelines.cli"]
 STAGES = 7
+# stage 1: problems the teacher solves at least half the time, traces no longer than the median
+CURRICULUM = ["--curriculum", "--stage1-min-pass-rate", "0.5", "--stage1-max-length-quantile", "0.5"]
 
 
 class Loop:
@@ -56,9 +59,8 @@ class Loop:
             raise SpecError(f"distill {argv[0]} failed: "
                             + ((result.stderr.strip().splitlines() or result.stdout.strip().splitlines()
                                 or ["no output"])[-1]))
-        last = (result.stdout.strip().splitlines() or [""])[-1]
-        if last:
-            self.echo(f"    {last[:220]}")
+        for line in result.stdout.strip().splitlines()[-2 if argv[0] == "lab" else -1:]:
+            self.echo(f"    {line[:220]}")
         return result.stdout
 
     # --- stages -------------------------------------------------------------------------------------------
@@ -170,7 +172,7 @@ class Loop:
             out = self.out / "exports" / "-".join([v.method, v.data] + (["curriculum"] if v.curriculum else []))
             extra = ["--teacher-url", base_url, "--teacher-model", "lab-teacher"] if v.method == "kd" else []
             self.distill("export", traces[v.data], "--format", v.method, "--student", student, "--max-seq-len", 512,
-                         "--out", out, *extra, *(["--curriculum"] if v.curriculum else []))
+                         "--out", out, *extra, *(CURRICULUM if v.curriculum else []))
             exports[key] = out
         return exports
 
@@ -203,7 +205,13 @@ class Loop:
                 for path in configs:
                     self.echo(f"  $ distill train {path}")
                     log = self.out / "logs" / f"{path.stem}.log"
+                    done = Path(yaml.safe_load(path.read_text())["output_dir"]) / "lab-trained.json"
+                    digest = hashlib.sha256(path.read_bytes() + _export_digest(path)).hexdigest()
+                    if done.exists() and json.loads(done.read_text()).get("config_sha256") == digest:
+                        self.echo(f"    reused: {done.parent} was trained from this config and data")
+                        continue
                     steps = losses(run_axolotl("train", path, log=log, cwd=ROOT))
+                    done.write_text(json.dumps({"config_sha256": digest, "losses": steps}) + "\n")
                     self.echo(f"    loss {steps[0]:.3f} -> {steps[-1]:.3f} over {overrides['max_steps']} steps "
                               f"(log {log})" if steps else f"    trained (log {log})")
                 trained[name] = Path(yaml.safe_load(configs[-1].read_text())["output_dir"])
@@ -260,6 +268,13 @@ class Loop:
         return results
 
 
+def _export_digest(config: Path) -> bytes:
+    """The bytes of the data files a config trains on (a re-export with other rows retrains)."""
+    datasets = yaml.safe_load(config.read_text()).get("datasets") or []
+    files = [Path(d["path"]) for d in datasets]
+    return b"".join(hashlib.sha256(f.read_bytes()).digest() for f in files if f.is_file())
+
+
 def model_name(variant: str, seed: int, seeds: int) -> str:
     return variant if seeds == 1 else f"{variant}-s{seed}"
 
@@ -283,7 +298,7 @@ def summarize(results: dict[str, Any], cfg: LabConfig) -> str:
     for label in ["teacher", "untrained", *(v.name for v in cfg.students.variants)]:
         names = ["teacher"] if label == "teacher" else [model_name(label, s, len(seeds)) for s in seeds]
         values = [v for v in (metric(n, "pass@1") for n in names) if v is not None]
-        formats = [v for v in (metric(n, "format") for n in names) if v is not None]
+        formats = [v for v in (metric(n, "format_adherence") for n in names) if v is not None]
         if not values:
             continue
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
