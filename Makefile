@@ -14,7 +14,7 @@ DATASET ?= gsm8k
 CONFIG ?=
 ARGS ?=
 
-.PHONY: help setup setup-train setup-vllm test lint demo demo-hub pipeline serve train preprocess publish bench chaos clean
+.PHONY: help setup setup-train setup-vllm test lint demo demo-hub onpolicy pipeline serve train preprocess publish bench chaos clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -74,6 +74,10 @@ train: ## Launch Axolotl: make train CONFIG=axolotl_configs/....yaml
 preprocess: ## Tokenise a config's datasets: make preprocess CONFIG=...
 	@test -n "$(CONFIG)" || { echo "error: CONFIG is required: make preprocess CONFIG=axolotl_configs/<file>.yaml"; exit 2; }
 	$(DISTILL) train $(CONFIG) --preprocess $(ARGS)
+
+onpolicy: $(VENV)/$(STAMP) $(VENV_TRAIN)/$(STAMP) $(VENV_VLLM)/$(STAMP) ## On-policy distillation rounds: make onpolicy CONFIG=pipelines/onpolicy/configs/qwen2.5-1.5b.yaml
+	@test -n "$(CONFIG)" || { echo "error: CONFIG is required: make onpolicy CONFIG=pipelines/onpolicy/configs/<file>.yaml"; exit 2; }
+	$(DISTILL) onpolicy $(CONFIG) $(ARGS)
 
 publish: ## Push a dataset folder to the Hub: make publish DATASET=out/gsm8k REPO=owner/name (ARGS="--dry-run DIR")
 	@test -n "$(REPO)" || { echo "error: REPO is required: make publish DATASET=out/<name> REPO=owner/name"; exit 2; }

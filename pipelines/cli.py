@@ -147,6 +147,10 @@ from pipelines.eval.commands import register as register_eval_command  # noqa: E
 
 register_eval_command(app)
 
+from pipelines.onpolicy.commands import register as register_onpolicy_command  # noqa: E402  (onpolicy)
+
+register_onpolicy_command(app)
+
 from lab.commands import register as register_lab_commands  # noqa: E402  (lab teacher|student|problems|run)
 
 register_lab_commands(app)
