@@ -62,15 +62,21 @@ def round_spec(base: DatasetSpec, cfg: OnPolicyConfig, round_index: int, source:
     return spec
 
 
-def mix_offpolicy(export_dir: Path, offpolicy: Path, lmbda: float, out_dir: Path, seed: int) -> dict[str, Any]:
-    """The round's KD rows plus a seeded sample of off-policy rows, so that the on-policy share is ``lmbda``."""
-    from pipelines.axolotl.export import MANIFEST, read_manifest
+def mix_offpolicy(export_dir: Path | None, offpolicy: Path, lmbda: float, out_dir: Path, seed: int,
+                  student: str) -> dict[str, Any]:
+    """The round's KD rows plus a seeded sample of off-policy rows, so that the on-policy share is ``lmbda``
+    (0: the off-policy rows alone, ``export_dir`` unused). The off-policy targets are token ids: the export must
+    have been made with the student's tokenizer."""
+    from pipelines.axolotl.export import MANIFEST, read_manifest, tokenizer_sha256
+    from pipelines.axolotl.shared_tokenizer import load_tokenizer
 
-    manifest, other = read_manifest(export_dir), read_manifest(offpolicy)
-    ours, theirs = (manifest.get("kd") or {}).get("distribution", {}), (other.get("kd") or {}).get("distribution", {})
-    if other.get("format") != "kd" or ours.get("tokenizer_sha256") != theirs.get("tokenizer_sha256"):
-        raise SpecError(f"offpolicy: {offpolicy} is not a KD export for the same tokenizer as the student's")
-    on_rows = pq.read_table(export_dir / manifest["files"][0]["path"]).to_pylist()
+    other = read_manifest(offpolicy)
+    manifest = read_manifest(export_dir) if export_dir is not None else other
+    theirs = (other.get("kd") or {}).get("distribution", {}).get("tokenizer_sha256")
+    if other.get("format") != "kd" or theirs != tokenizer_sha256(load_tokenizer(student)):
+        raise SpecError(f"offpolicy: {offpolicy} is not a KD export made with the student's tokenizer "
+                        f"({student}); export the teacher's traces with --student {student}")
+    on_rows = pq.read_table(export_dir / manifest["files"][0]["path"]).to_pylist() if export_dir is not None else []
     off_rows = [r for f in other["files"] for r in pq.read_table(offpolicy / f["path"]).to_pylist()]
     want = len(off_rows) if lmbda == 0 else round(len(on_rows) * (1 - lmbda) / lmbda)
     rng = random.Random(seed)
@@ -81,8 +87,9 @@ def mix_offpolicy(export_dir: Path, offpolicy: Path, lmbda: float, out_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist([{c: r[c] for c in columns} for r in rows] if columns else rows)
     pq.write_table(table, out_dir / "train.parquet")
-    mixed = {**manifest, "rows": len(rows), "files": [{"stage": "train", "path": "train.parquet", "rows": len(rows)}],
-             "mix": {"lmbda": lmbda, "onpolicy_rows": 0 if lmbda == 0 else len(on_rows), "offpolicy_rows": len(picked),
+    mixed = {**manifest, "student": student, "rows": len(rows),
+             "files": [{"stage": "train", "path": "train.parquet", "rows": len(rows)}],
+             "mix": {"lmbda": lmbda, "onpolicy_rows": len(rows) - len(picked), "offpolicy_rows": len(picked),
                      "offpolicy": str(offpolicy)}}
     (out_dir / MANIFEST).write_text(json.dumps(mixed, indent=2) + "\n")
     return mixed
@@ -147,7 +154,7 @@ class Rounds:
             return kd
         data = folder / "data"
         if not (data / "export.json").exists():
-            mix_offpolicy(kd, Path(self.cfg.offpolicy), self.cfg.lmbda, data, self.cfg.seed + r)
+            mix_offpolicy(kd, Path(self.cfg.offpolicy), self.cfg.lmbda, data, self.cfg.seed + r, checkpoint)
         return data
 
     def train(self, r: int, checkpoint: str, data: Path, folder: Path) -> str:
@@ -208,8 +215,13 @@ class Rounds:
             folder = cfg.out / f"round-{r}"
             folder.mkdir(parents=True, exist_ok=True)
             self.echo(f"[round {r}/{cfg.rounds}]")
-            stats = self.sample(r, checkpoint, folder)
-            data = self.grade(r, checkpoint, folder)
+            if cfg.lmbda == 0:  # all off-policy: nothing of the student's is graded (the baseline arm)
+                stats, data = {"samples": 0}, folder / "data"
+                if not (data / "export.json").exists():
+                    mix_offpolicy(None, Path(cfg.offpolicy), 0.0, data, cfg.seed + r, checkpoint)
+            else:
+                stats = self.sample(r, checkpoint, folder)
+                data = self.grade(r, checkpoint, folder)
             checkpoint = self.train(r, checkpoint, data, folder)
             history.append({"round": r, "checkpoint": checkpoint, "student_samples": stats["samples"],
                             "student_tokens": stats.get("completion_tokens"), **token_counts(data),
