@@ -112,7 +112,7 @@ class Loop:
     @contextmanager
     def served_teacher(self, teacher: Path) -> Iterator[str]:
         """`distill serve` the teacher for the run, the KD scoring pass and its own evaluation."""
-        from pipelines.serve.server import free_port
+        from pipelines.serve.server import die_with_parent, free_port
 
         self.stage(2, "serve the teacher with vLLM (distill serve; ~1 min on 2 cores)")
         argv = ["serve", str(teacher), "--name", "lab-teacher", "--port", str(free_port()), "--dtype", "float32",
@@ -120,7 +120,7 @@ class Loop:
                 str(self.out / "serve-logs")]
         self.echo("  $ distill " + shlex.join(argv))
         process = subprocess.Popen([*DISTILL, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, start_new_session=True)
+                                   text=True, start_new_session=True, preexec_fn=die_with_parent)
         lines = []
         assert process.stdout is not None
         for line in process.stdout:
