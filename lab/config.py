@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipelines.spec import SpecError
+from pipelines.spec import SpecError, apply_sets
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
@@ -116,12 +116,7 @@ def load_lab_config(name_or_path: str | None, overrides: dict[str, Any] | None =
         shipped = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
         raise SpecError(f"--config: {name_or_path!r} not found; give a YAML path or one of: {shipped}")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+    apply_sets(data, overrides or {})
     try:
         return LabConfig.model_validate(data)
     except ValidationError as exc:

@@ -17,20 +17,13 @@ def onpolicy(
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a setting: --set rounds=3."),
 ) -> None:
     """On-policy distillation: each round the student samples, the teacher scores its tokens, KD trains it."""
-    import yaml
-
     from pipelines.errors import error_line
     from pipelines.onpolicy.config import load_onpolicy_config
     from pipelines.onpolicy.rounds import Rounds
+    from pipelines.spec import parse_sets
 
     try:
-        overrides = {}
-        for pair in set_ or []:
-            key, sep, value = pair.partition("=")
-            if not sep:
-                raise SpecError(f"--set: {pair!r} is not KEY=VALUE, e.g. rounds=3")
-            overrides[key] = yaml.safe_load(value)
-        cfg = load_onpolicy_config(config, overrides)
+        cfg = load_onpolicy_config(config, parse_sets(set_ or []))
         main_pid = os.getpid()
 
         def interrupt(signum: int, frame: object) -> None:  # SIGTERM stops like Ctrl-C: servers stop, work stays

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipelines.spec import SpecError, _one_line
+from pipelines.spec import SpecError, _one_line, apply_sets
 
 
 class _Strict(BaseModel):
@@ -91,12 +91,7 @@ def load_onpolicy_config(path: Path, overrides: dict[str, Any] | None = None) ->
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+    apply_sets(data, overrides or {})
     try:
         cfg = OnPolicyConfig.model_validate(data)
     except ValidationError as exc:
