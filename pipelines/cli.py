@@ -22,6 +22,17 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def interrupted(exc: KeyboardInterrupt) -> None:
+    """Ctrl-C or SIGTERM: what was written is kept; 128 + the signal's number, as shells report it."""
+    from pipelines.errors import INTERRUPTED, Interrupted
+
+    typer.echo(f"error: {INTERRUPTED}", err=True)
+    raise typer.Exit(exc.exit_code if isinstance(exc, Interrupted) else 130)
+
+
+FRESH_HELP = "Discard what earlier runs generated into this folder and start over."
+
+
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
@@ -47,6 +58,7 @@ def run(
     limit: Optional[int] = typer.Option(None, help="Only the first N problems."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default out/<name>)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Resume folder (default <out>/.cache)."),
+    fresh: bool = typer.Option(False, "--fresh", help=FRESH_HELP),
 ) -> None:
     """Generate, parse, verify and write a trace dataset for SPEC."""
     from pipelines.errors import error_line
@@ -74,8 +86,10 @@ def run(
         api_key = os.environ.get(dataset.teacher.api_key_env)
         # Source, output folder and teacher are checked before anything is created or written.
         preflight(dataset, limit, api_key, spec_out_dirs=[] if out else [out_dir],
-                  probe_teacher=work_left(dataset, limit, cache_dir or out_dir / ".cache"))
-        stats = run_spec(dataset, text, out_dir, cache_dir=cache_dir, limit=limit, api_key=api_key)
+                  probe_teacher=fresh or work_left(dataset, limit, cache_dir or out_dir / ".cache"))
+        stats = run_spec(dataset, text, out_dir, cache_dir=cache_dir, limit=limit, api_key=api_key, fresh=fresh)
+    except KeyboardInterrupt as exc:
+        interrupted(exc)
     except SpecError as exc:
         fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback with --verbose
@@ -97,6 +111,7 @@ def demo(
     offline: bool = typer.Option(False, "--offline", help="Use a tiny local random model (no network)."),
     out: Path = typer.Option(Path("out/demo"), help="Output folder."),
     limit: Optional[int] = typer.Option(None, help="Only the first N problems."),
+    fresh: bool = typer.Option(False, "--fresh", help=FRESH_HELP),
 ) -> None:
     """Run the shipped demo spec: Qwen2.5-0.5B-Instruct in-process on CPU, or a tiny local model offline."""
     from pipelines.run import run_spec
@@ -111,7 +126,9 @@ def demo(
         typer.echo(f"demo: teacher {dataset.teacher.model} in-process on CPU (downloads it once; "
                    "without network use `make demo OFFLINE=1`)")
     try:
-        stats = run_spec(dataset, text, out, limit=limit)
+        stats = run_spec(dataset, text, out, limit=limit, fresh=fresh)
+    except KeyboardInterrupt as exc:
+        interrupted(exc)
     except SpecError as exc:
         fail(str(exc))
     except OSError as exc:
@@ -149,6 +166,11 @@ register_serve_command(app)
 
 
 def entrypoint() -> None:
+    import signal
+
+    from pipelines.errors import raise_interrupted
+
+    signal.signal(signal.SIGTERM, raise_interrupted)  # stop like Ctrl-C (a command may install its own)
     try:
         app()
     except KeyboardInterrupt:

@@ -8,16 +8,26 @@ with rich. At a few hundred rows/s on a busy machine that starved the teacher wi
 taken at most every ``snapshot_every_s`` and always at the end (the factory resumes from its own part files,
 ``pipelines/store.py``, so the snapshot is only a diagnostic), the cache location is computed once per run,
 and the per-batch chatter is dropped (the write step's progress line stays).
+
+It also stops like one program (``pipelines/process_tree.py``): its workers die with it, SIGTERM stops it as
+gracefully as Ctrl-C (finished batches are written, requests in flight are dropped), and a worker can stop it
+with a message (SIGUSR1). ``stop_reason`` says why a run that returned was stopped.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from typing import Any
 
 from distilabel.pipeline import Pipeline
+
+from pipelines.errors import Interrupted, RunAborted
+from pipelines.process_tree import STOP_SIGNAL, run_scope, stop_request
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, STOP_SIGNAL)
 
 # distilabel's step wrapper logs these two at INFO for every step and batch.
 PER_BATCH_CHATTER = ("📦 Processing batch", "📨 Step '")
@@ -35,13 +45,42 @@ class ThrottledPipeline(Pipeline):
     _last_snapshot = -math.inf
     _location: Any = None
 
+    stop_reason: BaseException | None = None
+
     def run(self, *args: Any, **kwargs: Any) -> Any:
         self._location = None  # the steps are final now: compute the cache location once for this run
         self._last_snapshot = -math.inf
+        self.stop_reason = None
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        signal.signal(STOP_SIGNAL, self._on_signal)  # a worker may ask before the pool is up
         try:
-            return super().run(*args, **kwargs)
+            with run_scope():
+                return super().run(*args, **kwargs)
+        except SystemExit:  # distilabel's forced stop (a third signal) exits from its handler
+            if self.stop_reason is not None:
+                raise self.stop_reason from None
+            raise
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self._location = None
+
+    def _handle_keyboard_interrupt(self) -> Any:
+        # distilabel stops gracefully on SIGINT; SIGTERM (Slurm, systemd, Kubernetes) and a worker's request
+        # take the same way. Returns the SIGINT handler it replaced, like distilabel's.
+        previous = signal.getsignal(signal.SIGINT)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+        return previous
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == STOP_SIGNAL:
+            self.stop_reason = RunAborted(stop_request() or "a pipeline step stopped the run")
+        elif not isinstance(self.stop_reason, RunAborted):
+            self.stop_reason = Interrupted(signum)
+        if getattr(self, "_pool", None) is None:  # not started yet (or already torn down): nothing to drain
+            raise self.stop_reason
+        self._stop()
 
     @property
     def _cache_location(self) -> Any:
