@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines import fingerprint
 from pipelines.run_lock import run_lock
 from pipelines.source import iter_problems
 from pipelines.spec import DatasetSpec, SpecError
@@ -108,13 +109,37 @@ def _check_complete(spec: DatasetSpec, total: int | None, cache_dir: Path) -> No
 
 
 def run_spec(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path | None = None,
-             limit: int | None = None, api_key: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the pipeline and write the dataset folder; returns the stats."""
+             limit: int | None = None, api_key: str | None = None, fresh: bool = False) -> dict[str, Any]:
+    """Run (or resume) the pipeline and write the dataset folder; returns the stats.
+
+    ``fresh`` discards what an earlier run generated into this folder (the refusal of a changed spec says so).
+    """
     cache_dir = cache_dir or out_dir / ".cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(cache_dir):
+        if fresh:
+            discard_run(cache_dir, out_dir)
         remove_stale_temps(cache_dir, out_dir)  # what a killed run was writing; complete files are kept
+        if fingerprint.check(cache_dir, spec):
+            from pipelines.recurate import recurate_cache
+
+            recurate_cache(cache_dir, spec)
+            fingerprint.record(cache_dir, spec)
         return _run_locked(spec, spec_text, out_dir, cache_dir, limit, api_key)
+
+
+def discard_run(cache_dir: Path, out_dir: Path) -> None:
+    """Remove an earlier run's samples and dataset (``--fresh``); call under the lock, which stays."""
+    import shutil
+
+    from pipelines.run_lock import LOCK_NAME
+
+    for path in cache_dir.iterdir():
+        if path.name != LOCK_NAME:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    (meta_dir(out_dir) / "stats.json").unlink(missing_ok=True)  # first: the folder is no longer complete
+    for shard in out_dir.glob("data-*.parquet"):
+        shard.unlink()
 
 
 def _run_locked(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path, limit: int | None,
@@ -133,6 +158,8 @@ def _run_locked(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Pat
                  "?" if total is None else total - len(done), len(done))
         pipeline = build_pipeline(spec, cache_dir, limit, done, api_key=api_key, total=total)
         pipeline.run(use_cache=False)
+        if pipeline.stop_reason is not None:  # Ctrl-C, SIGTERM, or a worker that stopped it (disk full)
+            raise pipeline.stop_reason
         _check_complete(spec, total, cache_dir)
     else:
         log.info("all %d problems already done; writing the dataset", len(done))
