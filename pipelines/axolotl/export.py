@@ -53,11 +53,14 @@ class ExportOptions(BaseModel):
 
 
 def read_kept(dataset_dir: Path) -> Iterator[dict[str, Any]]:
-    """The kept samples of a dataset folder, one dict each, streamed shard by shard."""
+    """The kept samples of a dataset folder, one dict each, streamed shard by shard; a dataset from elsewhere
+    (``pipelines/foreign.py``) in the factory's columns."""
+    from pipelines.foreign import is_factory_folder, load_records
+
+    if not is_factory_folder(dataset_dir):
+        yield from (row for row in load_records(dataset_dir, flag="DATASET_DIR") if row.get("kept"))
+        return
     shards = sorted(dataset_dir.glob("data-*.parquet"))
-    if not shards:
-        raise SpecError(f"DATASET_DIR: no data-*.parquet shards in {dataset_dir}; run `distill run SPEC --out DIR` "
-                        "first")
     for shard in shards:
         for batch in pq.ParquetFile(shard).iter_batches(batch_size=256):
             for row in batch.to_pylist():
