@@ -35,6 +35,7 @@ FRESH_HELP = "Discard what earlier runs generated into this folder and start ove
 
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    logging.raiseExceptions = verbose  # a log that cannot be written (full disk) must not print tracebacks
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
 
 

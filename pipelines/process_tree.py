@@ -105,7 +105,12 @@ def run_scope() -> Iterator[None]:
 
 
 def request_stop(message: str) -> None:
-    """From a worker: stop the whole run with ``message`` as the user's line (the main process reads it)."""
+    """From a worker: stop the whole run with ``message`` as the user's line (the main process reads it).
+
+    The first request of a run wins; later ones (every batch after a full disk fails too) change nothing.
+    """
+    if _message.value:
+        return
     data = message.encode("utf-8", errors="replace")[:_MESSAGE_BYTES - 1]
     _message.value = data
     main = _state["main_pid"]

@@ -92,8 +92,8 @@ def write_part(cache_dir: Path, records: list[dict[str, Any]]) -> Path | None:
 
 
 def as_os_error(exc: BaseException, path: Path) -> BaseException:
-    """pyarrow reports a full disk as ``OSError`` without errno (the text says it): give it one."""
-    if isinstance(exc, OSError) and exc.errno is None and "No space left on device" in str(exc):
+    """A full disk as ``OSError(ENOSPC)`` naming the folder (pyarrow names no file, sometimes gives no errno)."""
+    if isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or "No space left on device" in str(exc)):
         return OSError(errno.ENOSPC, "No space left on device", str(path))
     return exc
 

@@ -38,6 +38,16 @@ class DropPerBatchChatter(logging.Filter):
         return not (record.levelno == logging.INFO and str(record.msg).startswith(PER_BATCH_CHATTER))
 
 
+class _DiscardOutputs:
+    """In place of distilabel's write buffer: the write step's outputs (problem ids) are not needed anywhere."""
+
+    def add_batch(self, batch: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class ThrottledPipeline(Pipeline):
     """A ``Pipeline`` whose per-batch bookkeeping is rate-limited or computed once (see the module doc)."""
 
@@ -75,6 +85,8 @@ class ThrottledPipeline(Pipeline):
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if signum == STOP_SIGNAL:
+            if isinstance(self.stop_reason, RunAborted):
+                return  # already stopping for it (each failing batch asks again)
             self.stop_reason = RunAborted(stop_request() or "a pipeline step stopped the run")
         elif not isinstance(self.stop_reason, RunAborted):
             self.stop_reason = Interrupted(signum)
@@ -90,6 +102,24 @@ class ThrottledPipeline(Pipeline):
                 return location
             self._location = location
         return self._location
+
+    def _register_batch(self, batch: Any) -> None:
+        # distilabel also dumps every batch of every step as JSON ("steps_data", for its own cache): the factory
+        # resumes from its part files, so that is only CPU time, a second copy of the samples on disk, and a
+        # write that fails in the main process when the disk is full.
+        self._batch_manager.register_batch(batch, steps_data_path=None)  # type: ignore[union-attr]
+
+    def _handle_batch_on_stop(self, batch: Any) -> None:
+        self._batch_manager.register_batch(batch, steps_data_path=None)  # type: ignore[union-attr]
+        step = self.dag.get_step(batch.step_name)["step"]
+        for successor in self.dag.get_step_successors(step.name):
+            self._batch_manager.add_batch(successor, batch)  # type: ignore[union-attr]
+
+    def _setup_write_buffer(self, use_cache: bool = True) -> None:
+        from distilabel.constants import STEPS_OUTPUTS_PATH
+
+        (self._cache_location["data"] / STEPS_OUTPUTS_PATH).mkdir(parents=True, exist_ok=True)  # read at the end
+        self._write_buffer = _DiscardOutputs()  # type: ignore[assignment]
 
     def _is_running(self) -> bool:
         return getattr(self, "_batch_manager", None) is not None
