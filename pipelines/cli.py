@@ -36,6 +36,10 @@ FRESH_HELP = "Discard what earlier runs generated into this folder and start ove
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
     logging.raiseExceptions = verbose  # a log that cannot be written (full disk) must not print tracebacks
+    if not verbose:
+        from pipelines.run_log import hold_warnings
+
+        hold_warnings()  # library warnings go to the run's log file (pipelines/run_log.py)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
 
 
@@ -60,6 +64,7 @@ def run(
     out: Optional[Path] = typer.Option(None, help="Output folder (default out/<name>)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Resume folder (default <out>/.cache)."),
     fresh: bool = typer.Option(False, "--fresh", help=FRESH_HELP),
+    progress_every: float = typer.Option(30.0, min=0.1, help="Without a terminal: seconds between progress lines."),
 ) -> None:
     """Generate, parse, verify and write a trace dataset for SPEC."""
     from pipelines.errors import error_line
@@ -88,7 +93,8 @@ def run(
         # Source, output folder and teacher are checked before anything is created or written.
         preflight(dataset, limit, api_key, spec_out_dirs=[] if out else [out_dir],
                   probe_teacher=fresh or work_left(dataset, limit, cache_dir or out_dir / ".cache"))
-        stats = run_spec(dataset, text, out_dir, cache_dir=cache_dir, limit=limit, api_key=api_key, fresh=fresh)
+        stats = run_spec(dataset, text, out_dir, cache_dir=cache_dir, limit=limit, api_key=api_key, fresh=fresh,
+                         progress_every_s=progress_every)
     except KeyboardInterrupt as exc:
         interrupted(exc)
     except SpecError as exc:

@@ -56,6 +56,8 @@ class ThrottledPipeline(Pipeline):
     _location: Any = None
 
     stop_reason: BaseException | None = None
+    log_handler: logging.Handler | None = None  # <cache>/run.log (pipelines/run_log.py)
+    verbose = False
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         self._location = None  # the steps are final now: compute the cache location once for this run
@@ -63,16 +65,19 @@ class ThrottledPipeline(Pipeline):
         self.stop_reason = None
         previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
         signal.signal(STOP_SIGNAL, self._on_signal)  # a worker may ask before the pool is up
+        root = logging.getLogger()
+        root_handlers, root_level = list(root.handlers), root.level  # distilabel replaces them with its queue
         try:
             with run_scope():
                 return super().run(*args, **kwargs)
-        except SystemExit:  # distilabel's forced stop (a third signal) exits from its handler
-            if self.stop_reason is not None:
+        except (SystemExit, Exception):  # distilabel's forced stop (a third signal) exits from its handler
+            if self.stop_reason is not None:  # the first cause is the user's line, not what failed after it
                 raise self.stop_reason from None
             raise
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            root.handlers[:], root.level = root_handlers, root_level
             self._location = None
 
     def _handle_keyboard_interrupt(self) -> Any:
@@ -129,17 +134,24 @@ class ThrottledPipeline(Pipeline):
         if now - self._last_snapshot < self.snapshot_every_s:
             return
         self._last_snapshot = now
-        super()._cache()
+        try:
+            super()._cache()
+        except OSError as exc:  # only a diagnostic (see the module doc): a full disk must not fail the run here
+            self._logger.warning(f"could not write distilabel's snapshot ({exc.strerror or exc})")
 
     def _finalize_pipeline_execution(self) -> None:
         self._last_snapshot = -math.inf  # the snapshot taken as the run ends is never skipped
         super()._finalize_pipeline_execution()
 
-    def _output_queue_loop(self) -> None:
-        # Runs in the main process once logging is set up: filter what the step processes send it.
+    def _init_steps_load_status(self) -> None:
+        # The first call after distilabel set up its logging (a queue from every process to handlers in this
+        # one): filter what its handlers show from here on, before its first INFO lines.
         from distilabel.utils import logging as distilabel_logging
+
+        from pipelines.run_log import route_listener
 
         listener = distilabel_logging.queue_listener
         for handler in listener.handlers if listener is not None else ():
             handler.addFilter(DropPerBatchChatter())
-        super()._output_queue_loop()
+        route_listener(listener, self.log_handler, self.verbose)
+        super()._init_steps_load_status()

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.foreign import is_factory_folder, load_records
+from pipelines.progress import Progress
 from pipelines.spec import SpecError
 from pipelines.store import finalize, meta_dir, part_files, write_part
 from prm.filter import score_samples
@@ -83,17 +84,20 @@ def score_dataset(scorer: Any, in_dir: Path, out_dir: Path, chunk_rows: int = 51
         spec_path = meta_dir(in_dir) / "spec.yaml"
         spec_text = spec_path.read_text() if spec_path.exists() else None
         rows_per_file = _rows_per_file(spec_text, shards)
+        total = sum(pq.ParquetFile(shard).metadata.num_rows for shard in shards)
         batches = (b.to_pylist() for shard in shards for b in pq.ParquetFile(shard).iter_batches(batch_size=chunk_rows))
     else:
         from pipelines.spec import OutputConfig
 
         run_info = {"source": in_dir.name, "teacher_model": next((r["teacher_model"] for r in foreign
                                                                   if r.get("teacher_model")), None)}
-        spec_text, rows_per_file = None, OutputConfig().rows_per_file
+        spec_text, rows_per_file, total = None, OutputConfig().rows_per_file, len(foreign)
         batches = (foreign[i:i + chunk_rows] for i in range(0, len(foreign), chunk_rows))
     cache = out_dir / ".cache" / "prm-score"
     shutil.rmtree(cache, ignore_errors=True)
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    progress = Progress("prm-score", total, unit="samples")
+    done = [0, 0]  # samples, kept
 
     def score_and_write(records: list[dict[str, Any]]) -> None:
         records = score_samples(scorer, records, [r["problem"] for r in records], scorer.cfg.score_rejected)
@@ -101,19 +105,26 @@ def score_dataset(scorer: Any, in_dir: Path, out_dir: Path, chunk_rows: int = 51
             counts[record["problem_id"]][0] += bool(record.get("kept"))
             counts[record["problem_id"]][1] += 1
         write_part(cache, records)
+        done[0] += len(records)
+        done[1] += sum(bool(r.get("kept")) for r in records)
+        stats = scorer.stats.as_dict()
+        short = f"kept {done[1]} · {stats['traces_per_s']} traces/s"
+        progress.update(done[0], f"{done[0]}/{total} samples, kept {done[1]}, {stats['scored']} traces scored "
+                        f"({stats['traces_per_s']} traces/s)", short)
 
     # A part holds whole problems (finalize keeps one part's version of each problem). A problem's samples
     # are contiguous in the dataset, so the last problem of a chunk waits for the next chunk.
     pending: list[dict[str, Any]] = []
-    for batch in batches:
-        pending += batch
-        last = pending[-1]["problem_id"]
-        ready = next((i for i, r in enumerate(pending) if r["problem_id"] == last), len(pending))
-        if ready:
-            score_and_write(pending[:ready])
-            pending = pending[ready:]
-    if pending:
-        score_and_write(pending)
+    with progress:
+        for batch in batches:
+            pending += batch
+            last = pending[-1]["problem_id"]
+            ready = next((i for i, r in enumerate(pending) if r["problem_id"] == last), len(pending))
+            if ready:
+                score_and_write(pending[:ready])
+                pending = pending[ready:]
+        if pending:
+            score_and_write(pending)
     _set_pass_rates(part_files(cache), counts)
     cfg = scorer.cfg
     run_info["prm"] = {"model": cfg.model, "style": cfg.style, "backend": cfg.backend,

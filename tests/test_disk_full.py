@@ -119,7 +119,7 @@ def test_a_run_on_a_disk_that_fills_up_stops_in_one_line_and_resumes(tmp_path: P
                 os.kill(proc.pid, signal.SIGKILL)  # its workers die with it
                 print(proc.communicate()[1][-5000:])
         assert proc.returncode == 2, stderr[-3000:]
-        assert [line for line in stderr.splitlines() if "error" in line.lower()] == [
+        assert [line for line in stderr.splitlines() if line.startswith("error") or "Error" in line] == [
             f"error: {cache / 'parts'}: no space left on device; free some space, then rerun the same command to "
             "resume"], stderr[-3000:]
         assert "Traceback" not in stderr, stderr[-3000:]

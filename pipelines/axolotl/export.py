@@ -138,12 +138,17 @@ def export_rows(rows: list[dict[str, Any]], options: ExportOptions, tokenizer: A
         out.append(record)
         turns.append(turn)
     if options.format == "kd" and scorer is not None:
-        for start in range(0, len(out), SCORE_CHUNK):
-            chunk = turns[start:start + SCORE_CHUNK]
-            scores = scorer.score([t.input_ids for t in chunk], top_k)
-            for record, turn, per_position in zip(out[start:start + SCORE_CHUNK], chunk, scores, strict=True):
-                targets = targets_from_scores(turn, per_position, top_k, len(tokenizer))
-                record.update(axolotl_columns(targets), kd_targets=targets.source)
+        from pipelines.progress import Progress
+
+        with Progress("kd scoring", len(out), unit="traces") as progress:
+            for start in range(0, len(out), SCORE_CHUNK):
+                chunk = turns[start:start + SCORE_CHUNK]
+                scores = scorer.score([t.input_ids for t in chunk], top_k)
+                for record, turn, per_position in zip(out[start:start + SCORE_CHUNK], chunk, scores, strict=True):
+                    targets = targets_from_scores(turn, per_position, top_k, len(tokenizer))
+                    record.update(axolotl_columns(targets), kd_targets=targets.source)
+                done = min(start + SCORE_CHUNK, len(out))
+                progress.update(done, f"{done}/{len(out)} traces scored by the teacher", "scored by the teacher")
     return out
 
 
