@@ -52,6 +52,7 @@ class ThrottledPipeline(Pipeline):
     """A ``Pipeline`` whose per-batch bookkeeping is rate-limited or computed once (see the module doc)."""
 
     snapshot_every_s = 5.0
+    load_poll_s = 0.05
     _last_snapshot = -math.inf
     _location: Any = None
 
@@ -119,6 +120,30 @@ class ThrottledPipeline(Pipeline):
         step = self.dag.get_step(batch.step_name)["step"]
         for successor in self.dag.get_step_successors(step.name):
             self._batch_manager.add_batch(successor, batch)  # type: ignore[union-attr]
+
+    def _run_stage_steps_and_wait(self, stage: int) -> bool:
+        # distilabel's own version checks whether the steps have loaded every 2.5 s (holding the stop lock):
+        # steps that load in half a second waited up to 2.5 s more before the first batch, in a start-up of
+        # ~5 s (bench/startup.py). The same checks, every LOAD_POLL_S.
+        from distilabel.pipeline.base import _STEP_LOAD_FAILED_CODE, _STEP_UNLOADED_CODE
+
+        steps = self._steps_to_be_loaded_in_stage(stage)
+        self._run_steps(steps=steps)
+        self._logger.info(f"⏳ Waiting for all the steps of stage {stage} to load...")
+        while True:
+            with self._stop_called_lock:
+                if self._stop_called:
+                    return False
+                with self._steps_load_status_lock:
+                    status = self._get_steps_load_status(steps)
+                if any(replicas == _STEP_LOAD_FAILED_CODE for replicas in status.values()):
+                    self._logger.error(f"❌ Failed to load all the steps of stage {stage}")
+                    return False
+                if all(replicas in (self.dag.get_step_replica_count(name), _STEP_UNLOADED_CODE)
+                       for name, replicas in status.items()):
+                    self._logger.info(f"✅ All the steps from stage {stage} have been loaded!")
+                    return True
+            time.sleep(self.load_poll_s)
 
     def _setup_write_buffer(self, use_cache: bool = True) -> None:
         from distilabel.constants import STEPS_OUTPUTS_PATH

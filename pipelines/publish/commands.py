@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from pipelines.publish.folder import PublishFolder, build_folder
-from pipelines.publish.push import push_folder
 from pipelines.spec import SpecError
+
+if TYPE_CHECKING:
+    from pipelines.publish.folder import PublishFolder
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
@@ -26,6 +27,9 @@ def publish(dataset_dir: Path, repo_id: str, token: str | None, private: bool = 
             dry_run: Path | None = None, endpoint: str | None = None, attempts: int = 3,
             wait_s: float = 2.0, keep_local_paths: bool = False) -> tuple[PublishFolder, str | None]:
     """Returns the folder built and the commit URL (None for a dry run)."""
+    from pipelines.publish.folder import build_folder  # pyarrow, matplotlib: not for every `distill` command
+    from pipelines.publish.push import push_folder
+
     check_repo_id(repo_id)
     if dry_run is not None:
         return build_folder(dataset_dir, dry_run, repo_id, keep_local_paths), None
