@@ -84,7 +84,7 @@ def _after_fork_in_child() -> None:
         _watch_parent(parent)
     if os.getppid() != parent:  # the parent died before the line above took effect
         os._exit(1)
-    if parent == _state["main_pid"]:
+    if parent == _state["main_pid"] and hasattr(signal, "sigwaitinfo"):  # Linux; elsewhere SIGTERM kills
         _leave_sigterm_to_parent(parent)
 
 
