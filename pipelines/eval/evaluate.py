@@ -78,7 +78,7 @@ def evaluate(cfg: EvalConfig, api_keys: dict[str, str | None] | None = None) -> 
             check_path(model)
     prepared = prepare_sets(cfg, sets)
     plans = plan_runs(cfg, sets, prepared)
-    generate(plans, cfg.out / "serve", api_keys or {})
+    generate(plans, cfg.out, api_keys or {})
     set_info = {}
     for eval_set in sets:
         _, sha, problems = prepared[eval_set.name]
