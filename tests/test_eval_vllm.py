@@ -63,7 +63,7 @@ def test_eval_teacher_url_and_in_process_student(vllm_teacher: Served, lab_teach
     for model in ("teacher", "local"):
         rows = pd.read_parquet(out / "runs" / model / "lab-addition")
         scores = pd.read_parquet(out / "scores" / model / "lab-addition.parquet")
-        merged = rows.merge(scores, on=["problem_id", "sample_index"])
+        merged = rows.merge(scores, on=["problem_id", "sample_index"], suffixes=("_run", ""))
         assert len(merged) == 48
         # what the factory keeps (parsed, verified) is right for the eval too; the eval may also credit answers
         # given without a thought block
