@@ -208,3 +208,40 @@ def test_config_file_and_flag_override(tmp_path: Path) -> None:
         f"error: {config}: bins: Input should be greater than or equal to 2"
     result = run_distill("eval", "--config", config, "--samples", "0", "--out", tmp_path / "out", check=False)
     assert result.stderr.strip() == "error: --samples: must be at least 1, got 0"
+
+
+def test_sigterm_mid_eval_then_rerun_resumes(tmp_path: Path) -> None:
+    """SIGTERM while the first model is half done: the eval stops its run cleanly (exit 130); the same command
+    finishes it, every problem once, without asking again for the problems already written."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import DISTILL, ROOT, wait_for
+
+    problems = [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(16)]
+    eval_set = _set(tmp_path / "slow.yaml", "slow", write_jsonl(tmp_path / "slow.jsonl", problems), samples=2)
+
+    def slow(messages: list[dict[str, str]], index: int) -> str:
+        time.sleep(0.25)
+        return T + "\\boxed{" + messages[-1]["content"].split()[2] + "}"  # i + i answered as i: right for 0 only
+
+    out = tmp_path / "out"
+    with LoopbackTeacher(slow, model="slow") as teacher:
+        args = ["eval", "--set", str(eval_set), "--model", f"slow={teacher.base_url},batch_size=2,max_concurrency=1",
+                "--out", str(out)]
+        process = subprocess.Popen([*DISTILL, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        parts = out / "runs" / "slow" / "slow" / ".cache" / "parts"
+        wait_for(lambda: len(list(parts.glob("part-*.parquet"))) >= 2, 120, "the first part files")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 130 and "interrupted; rerun the same command to resume" in stderr
+        asked = len(teacher.requests)
+        assert asked < 16 and not (out / "results.json").exists()
+        run_distill(*args)  # the run lock is free: nothing of the interrupted run is left
+        rows = pd.read_parquet(out / "runs" / "slow" / "slow")
+        assert len(rows) == 32 and rows.groupby("problem_id").size().eq(2).all()
+        assert len(teacher.requests) < asked + 16  # the written problems were not asked again
+    results = json.loads((out / "results.json").read_text())
+    assert results["runs"]["slow"]["slow"]["all"]["pass@1"] == pytest.approx(1 / 16)

@@ -17,6 +17,8 @@ from pipelines.eval.sets import EvalSet, load_set
 from pipelines.spec import SpecError
 
 log = logging.getLogger("distill")
+SCORED_COLUMNS = ["problem_id", "sample_index", "problem", "gold", "answer", "thought", "rejection_reason",
+                  "finish_reason", "completion_tokens", "token_logprobs", "kept"]
 
 
 def teacher_thoughts(folder: Path) -> dict[str, list[str]]:
@@ -46,7 +48,12 @@ def _traces_for(cfg: EvalConfig, plan: Plan) -> dict[str, list[str]] | None:
 
 def score_run(cfg: EvalConfig, plan: Plan, leaks: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Scores of one run (also written to OUT/scores/<model>/<set>.parquet) and its metrics, all and clean."""
-    rows = pd.read_parquet(plan.out_dir).to_dict("records")
+    import pyarrow.parquet as pq
+
+    shards = sorted(plan.out_dir.glob("data-*.parquet"))
+    present = set(pq.read_schema(shards[0]).names) if shards else set()
+    columns = [c for c in SCORED_COLUMNS if c in present]  # not the top-k lists: they can be gigabytes
+    rows = pd.read_parquet(plan.out_dir, columns=columns).to_dict("records")
     traces = _traces_for(cfg, plan)
     samples = [score_sample(row, plan.eval_set, traces.get(problem_key(row["problem"]), []) if traces else None)
                for row in rows]

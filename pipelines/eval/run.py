@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +125,26 @@ def _budget_fits(plan: Plan, endpoint: Endpoint) -> None:
                         "model with a longer max_model_len")
 
 
+def _stop_group(child: subprocess.Popen[bytes], grace_s: float = 60.0) -> None:
+    """SIGINT to the run's process group, SIGKILL to what still lives after ``grace_s``."""
+    from pipelines.serve.server import live_group_members
+
+    for sig, wait in ((signal.SIGINT, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while live_group_members(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not live_group_members(child.pid):
+            break
+    try:
+        child.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 def run_in_subprocess(spec_text: str, plan: Plan, specs_dir: Path, logs_dir: Path) -> None:
     """``distill run SPEC --out DIR`` for one plan, its output in a log file; a failure is the run's error line."""
     name = f"{plan.model.name}-{plan.eval_set.name}"
@@ -130,17 +153,15 @@ def run_in_subprocess(spec_text: str, plan: Plan, specs_dir: Path, logs_dir: Pat
     logs_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(spec_path, spec_text)
     with log_path.open("ab") as log_file:
+        # Its own process group: on Ctrl-C or SIGTERM the whole run (distilabel's workers too) gets SIGINT,
+        # distilabel's graceful stop, and what is left of it SIGKILL after a grace period (resume-safe).
         child = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(spec_path), "--out",
                                   str(plan.out_dir)], stdout=log_file, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL)
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             code = child.wait()
-        except BaseException:  # Ctrl-C or SIGTERM: let the run stop cleanly (it resumes), then go on raising
-            child.terminate()
-            try:
-                child.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        except BaseException:
+            _stop_group(child)
             raise
     if code != 0:
         lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
