@@ -194,3 +194,17 @@ def test_model_flag_syntax() -> None:
         validate({"sets": ["gsm8k"], "models": [r1, r1]}, {"models"})
     with pytest.raises(SpecError, match="is not key=value"):
         parse_model_flag("a=b,oops")
+
+
+def test_teacher_traces_prefer_kept_thoughts(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from pipelines.eval.evaluate import teacher_thoughts
+
+    pd.DataFrame({"problem": ["What is 2+2?", "What is 2 + 2 ?", "What is 3+3?", "What is 3+3?", "What is 3+3?"],
+                  "thought": ["kept one", "rejected one", "rejected a", None, "rejected b"],
+                  "kept": [True, False, False, False, False]}).to_parquet(tmp_path / "data-00000-of-00001.parquet")
+    thoughts = teacher_thoughts(tmp_path)  # the kept traces where there are some, else every thought
+    assert thoughts == {"what is 2 2": ["kept one"], "what is 3 3": ["rejected a", "rejected b"]}
+    with pytest.raises(SpecError, match="--teacher-traces: .* is not a dataset folder"):
+        teacher_thoughts(tmp_path / "nothing")

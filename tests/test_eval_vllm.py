@@ -37,7 +37,7 @@ def test_eval_serves_a_model_folder_itself(lab_teacher: Path, tmp_path: Path) ->
     from pipelines.serve.server import port_free
 
     out = tmp_path / "eval"
-    result = run_distill("eval", *PROTOCOL, "--model", f"teacher={lab_teacher},max_model_len=1024", "--out", out,
+    result = run_distill("eval", *PROTOCOL, "--model", f"teacher={lab_teacher}", "--out", out,  # the lab demo form
                          timeout=600)
     results = json.loads((out / "results.json").read_text())
     run = _check_lab_run(results, "teacher")
