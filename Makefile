@@ -10,15 +10,11 @@ STAMP := .installed
 DISTILL := $(VENV)/bin/distill
 # Axolotl's telemetry retries for minutes without a network: always off.
 TRAIN_ENV := AXOLOTL_DO_NOT_TRACK=1 DO_NOT_TRACK=1 HF_HUB_DISABLE_TELEMETRY=1
-# `axolotl train` launches `accelerate` from PATH: put the training venv first.
-AXOLOTL_ENV := $(TRAIN_ENV) PATH="$(abspath $(VENV_TRAIN))/bin:$$PATH"
-AXOLOTL_CHECK = test -x $(VENV_TRAIN)/bin/axolotl || { echo "error: $(VENV_TRAIN) has no axolotl: run make setup-train"; exit 2; }; test -f "$(CONFIG)" || { echo "error: CONFIG=$(CONFIG) not found: render one with distill config"; exit 2; }
 DATASET ?= gsm8k
 CONFIG ?=
-OFFLINE ?=
 ARGS ?=
 
-.PHONY: help setup setup-train setup-vllm test lint demo pipeline serve eval train preprocess publish bench chaos clean
+.PHONY: help setup setup-train setup-vllm test lint demo demo-hub onpolicy pipeline serve eval train preprocess publish bench chaos clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,10 +52,13 @@ test: $(VENV)/$(STAMP) $(VENV_TRAIN)/$(STAMP) $(VENV_VLLM)/$(STAMP) ## Run the w
 	HF_HUB_OFFLINE=1 $(TRAIN_ENV) $(VENV)/bin/pytest -q $(ARGS)
 
 lint: ## Ruff
-	$(VENV)/bin/ruff check pipelines prm tests bench
+	$(VENV)/bin/ruff check pipelines prm lab tests bench
 
-demo: $(VENV)/$(STAMP) ## The main job on the shipped demo spec (OFFLINE=1: a tiny local model, plumbing only)
-	$(DISTILL) demo $(if $(OFFLINE),--offline,) $(ARGS)
+demo: $(VENV)/$(STAMP) $(VENV_TRAIN)/$(STAMP) $(VENV_VLLM)/$(STAMP) ## The whole loop offline: teacher, vLLM, traces, SFT and KD students, eval (~10 min)
+	HF_HUB_OFFLINE=1 $(TRAIN_ENV) $(DISTILL) demo $(ARGS)
+
+demo-hub: $(VENV)/$(STAMP) ## The shipped demo spec against Qwen2.5-0.5B-Instruct in-process (needs the network once)
+	$(DISTILL) demo --hub $(ARGS)
 
 pipeline: ## Run a dataset's pipeline: make pipeline DATASET=gsm8k ARGS="--teacher-url ... --limit 50"
 	$(DISTILL) run $(DATASET) $(ARGS)
@@ -77,13 +76,15 @@ eval: $(VENV)/$(STAMP) ## Evaluate models: make eval MODELS="teacher=http://127.
 
 train: ## Launch Axolotl: make train CONFIG=axolotl_configs/....yaml
 	@test -n "$(CONFIG)" || { echo "error: CONFIG is required: make train CONFIG=axolotl_configs/<file>.yaml"; exit 2; }
-	@$(AXOLOTL_CHECK)
-	$(AXOLOTL_ENV) $(VENV_TRAIN)/bin/axolotl train $(CONFIG) $(ARGS)
+	$(DISTILL) train $(CONFIG) $(ARGS)
 
 preprocess: ## Tokenise a config's datasets: make preprocess CONFIG=...
 	@test -n "$(CONFIG)" || { echo "error: CONFIG is required: make preprocess CONFIG=axolotl_configs/<file>.yaml"; exit 2; }
-	@$(AXOLOTL_CHECK)
-	$(AXOLOTL_ENV) $(VENV_TRAIN)/bin/axolotl preprocess $(CONFIG) $(ARGS)
+	$(DISTILL) train $(CONFIG) --preprocess $(ARGS)
+
+onpolicy: $(VENV)/$(STAMP) $(VENV_TRAIN)/$(STAMP) $(VENV_VLLM)/$(STAMP) ## On-policy distillation rounds: make onpolicy CONFIG=pipelines/onpolicy/configs/qwen2.5-1.5b.yaml
+	@test -n "$(CONFIG)" || { echo "error: CONFIG is required: make onpolicy CONFIG=pipelines/onpolicy/configs/<file>.yaml"; exit 2; }
+	$(DISTILL) onpolicy $(CONFIG) $(ARGS)
 
 publish: ## Push a dataset folder to the Hub: make publish DATASET=out/gsm8k REPO=owner/name (ARGS="--dry-run DIR")
 	@test -n "$(REPO)" || { echo "error: REPO is required: make publish DATASET=out/<name> REPO=owner/name"; exit 2; }

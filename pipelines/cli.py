@@ -85,38 +85,34 @@ def run(
                f"kept {stats['kept']} ({stats['pass_rate']:.1%}); reasons {json.dumps(stats['reasons'])}")
 
 
-OFFLINE_BANNER = (
-    "OFFLINE demo: a tiny random local model stands in for the teacher. Everything below is real "
-    "(Distilabel pipeline, parsing, verification, parquet, stats) but the model's output is plumbing, "
-    "not reasoning: expect nearly every sample rejected (no_thought, or truncated at the token budget)."
-)
-
-
 @app.command()
 def demo(
-    offline: bool = typer.Option(False, "--offline", help="Use a tiny local random model (no network)."),
-    out: Path = typer.Option(Path("out/demo"), help="Output folder."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N problems."),
+    hub: bool = typer.Option(False, "--hub", help="Instead: the shipped demo spec against Qwen2.5-0.5B-Instruct "
+                                                  "in-process (needs the network once)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default out/demo, or out/demo-hub with --hub)."),
+    limit: Optional[int] = typer.Option(None, help="--hub: only the first N problems."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a lab setting, e.g. students.max_steps=50."),
 ) -> None:
-    """Run the shipped demo spec: Qwen2.5-0.5B-Instruct in-process on CPU, or a tiny local model offline."""
-    from pipelines.run import run_spec
-    from pipelines.tiny_model import build_tiny_model
+    """The whole loop offline (lab/configs/demo.yaml): a tiny teacher that really reasons, served by vLLM, its
+    traces filtered and exported, SFT and KD students trained with Axolotl, all evaluated on held-out problems."""
+    if not hub:
+        from lab.commands import run_lab
 
+        run_lab("demo", out or Path("out/demo"), set_ or [])
+        return
+    from pipelines.run import run_spec
+
+    out = out or Path("out/demo-hub")
     dataset, text = load_spec("demo")
-    if offline:
-        typer.echo(OFFLINE_BANNER)
-        model_dir = build_tiny_model(out.parent / "tiny-model")
-        dataset.teacher = dataset.teacher.model_copy(update={"model": str(model_dir.resolve()), "max_new_tokens": 48})
-    else:
-        typer.echo(f"demo: teacher {dataset.teacher.model} in-process on CPU (downloads it once; "
-                   "without network use `make demo OFFLINE=1`)")
+    typer.echo(f"demo --hub: teacher {dataset.teacher.model} in-process on CPU (downloads it once; without a "
+               "network run `make demo`, the offline lab loop)")
     try:
         stats = run_spec(dataset, text, out, limit=limit)
     except SpecError as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"teacher.model: cannot load {dataset.teacher.model!r} ({type(exc).__name__}); "
-             "check the network or run `make demo OFFLINE=1`")
+             "check the network or run `make demo` (offline)")
     typer.echo(f"wrote {out}: {stats['samples']} samples of {stats['problems']} problems, kept {stats['kept']} "
                f"({stats['pass_rate']:.1%}); reasons {json.dumps(stats['reasons'])}")
     typer.echo(f"inspect: python -c \"import pandas as pd; print(pd.read_parquet('{out}'))\"; "
@@ -150,6 +146,14 @@ register_serve_command(app)
 from pipelines.eval.commands import register as register_eval_command  # noqa: E402  (eval)
 
 register_eval_command(app)
+
+from pipelines.onpolicy.commands import register as register_onpolicy_command  # noqa: E402  (onpolicy)
+
+register_onpolicy_command(app)
+
+from lab.commands import register as register_lab_commands  # noqa: E402  (lab teacher|student|problems|run)
+
+register_lab_commands(app)
 
 
 def entrypoint() -> None:

@@ -1,7 +1,7 @@
 """A tiny random Qwen2 model and a byte-level BPE tokenizer with a ChatML template, built locally.
 
-Used by the tests and by ``make demo OFFLINE=1``: it exercises every code path in seconds, and its
-output is plumbing, not reasoning.
+Used by the tests: it exercises every code path in seconds, and its output is plumbing, not reasoning
+(the lab's teachers, ``lab/``, really reason).
 """
 
 from __future__ import annotations

@@ -91,6 +91,21 @@ def config(
         typer.echo(f"wrote {path}: make train CONFIG={path}")
 
 
+def train(
+    ctx: typer.Context,
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="An Axolotl config (`distill config` writes one)."),
+    preprocess: bool = typer.Option(False, help="Tokenise only (`axolotl preprocess`)."),
+) -> None:
+    """Run `axolotl train CONFIG` (or preprocess) from .venv-train, telemetry off; arguments after `--` go to it."""
+    from pipelines.axolotl.train import run_axolotl
+
+    try:
+        run_axolotl("preprocess" if preprocess else "train", config_path, extra=list(ctx.args), stream=True)
+    except SpecError as exc:
+        _fail(str(exc))
+
+
 def register(app: typer.Typer) -> None:
     app.command("export")(export)
     app.command("config")(config)
+    app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train)

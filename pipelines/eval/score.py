@@ -65,12 +65,13 @@ def score_sample(row: dict[str, Any], eval_set: EvalSet, teacher_thoughts: list[
     error = row.get("rejection_reason") == "teacher_error"
     truncated = row.get("finish_reason") == "length"
     answer = None if error or truncated else row.get("answer")
+    answer = answer if isinstance(answer, str) else None  # an all-null column reads back as NaN
+    thought = row.get("thought") if isinstance(row.get("thought"), str) else None
     method = eval_set.verification
     correct = bool(answer) and verify_answer(answer, row.get("gold"), method, problem=row["problem"],
                                              similarity=eval_set.similarity) is True
     logprobs = row.get("token_logprobs")
     logprobs = [x for x in logprobs if x is not None and math.isfinite(x)] if logprobs is not None else []
-    thought = row.get("thought")
     scored: dict[str, Any] = {
         "problem_id": row["problem_id"], "sample_index": int(row["sample_index"]), "correct": correct,
         "answer_key": None if error or truncated else answer_key(answer, method, row["problem"]),

@@ -1,0 +1,129 @@
+"""The lab loop's settings: one pydantic model, loaded from YAML (``lab/configs/*.yaml``), CLI flags on top."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipelines.spec import SpecError
+
+CONFIGS_DIR = Path(__file__).parent / "configs"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TeacherRecipe(_Strict):
+    """`distill lab teacher`: a tiny Qwen2 trained from scratch on CPU."""
+
+    task: Literal["addition", "dictation"] = "addition"
+    levels: list[int] = [2]
+    steps: int = Field(400, ge=1)
+    corrupt: float = Field(0.0, ge=0.0, lt=1.0)  # share of training examples with one wrong step
+    seed: int = 0
+    dir: str | None = None  # where the teacher lives (default <out>/teacher); reused when its recipe matches
+
+
+class Generation(_Strict):
+    """`distill run` against the served teacher: n samples of the train problems."""
+
+    problems: int = Field(200, ge=1)
+    num_samples: int = Field(4, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_logprobs: int = Field(5, ge=1, le=19)
+    max_new_tokens: int = Field(96, ge=8)
+
+
+class Variant(_Strict):
+    """One student recipe: its method and data; every variant starts from the same random init per seed."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    method: Literal["sft", "kd"] = "sft"
+    data: Literal["filtered", "unfiltered"] = "filtered"  # unfiltered: every well-formed trace, wrong ones too
+    curriculum: bool = False  # two stages (short traces of easy problems first), the same total steps
+    kd_beta: float = Field(0.0, ge=0.0, le=1.0)  # 0 forward KL(teacher || student), 1 reverse, between: JSD
+
+
+class StudentTraining(_Strict):
+    """The students: one random init of a smaller shape per seed, the same steps for every variant; Axolotl
+    trains them."""
+
+    shape: dict[str, int] = {}  # over lab.teacher.STUDENT_SHAPE
+    max_steps: int = Field(1000, ge=2)
+    micro_batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    kd_alpha: float = Field(0.9, ge=0.0, le=1.0)  # KD loss weight; the cross-entropy gets 1 - kd_alpha
+    variants: list[Variant] = [Variant(name="sft", method="sft"), Variant(name="kd", method="kd")]
+    seeds: list[int] = [0]  # each seed: the student init and Axolotl's data order
+
+    @model_validator(mode="after")
+    def _unique(self) -> StudentTraining:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique: {names}")
+        return self
+
+
+class Evaluation(_Strict):
+    problems: int = Field(100, ge=1)
+    num_samples: int = Field(4, ge=1)
+    temperature: float = Field(0.6, ge=0.0, le=2.0)
+    levels: list[int] | None = None  # default: the teacher's
+
+
+class OnPolicyArms(_Strict):
+    """After the students: `distill onpolicy` from the `start` variant's checkpoint, on-policy (lmbda 1: the
+    student samples, the teacher scores its tokens) against off-policy (lmbda 0: the teacher's own KD traces), at
+    equal rounds and training steps."""
+
+    start: str = "sft"  # a variant name
+    rounds: int = Field(3, ge=1)
+    prompts_per_round: int = Field(100, ge=1)
+    samples_per_prompt: int = Field(2, ge=1)
+    max_steps: int = Field(200, ge=1)
+    learning_rate: float = Field(1e-3, ge=0.0)
+    kd_beta: float = Field(0.0, ge=0.0, le=1.0)
+    arms: dict[str, float] = {"onpolicy": 1.0, "offpolicy": 0.0}  # name -> lmbda
+
+
+class LabConfig(_Strict):
+    name: str = "demo"
+    teacher: TeacherRecipe = TeacherRecipe()
+    generation: Generation = Generation()
+    students: StudentTraining = StudentTraining()
+    evaluation: Evaluation = Evaluation()
+    onpolicy: OnPolicyArms | None = None
+    problems_seed: int = 0
+
+    @model_validator(mode="after")
+    def _start_variant(self) -> LabConfig:
+        names = [v.name for v in self.students.variants]
+        if self.onpolicy and self.onpolicy.start not in names:
+            raise ValueError(f"onpolicy.start: {self.onpolicy.start!r} is not a variant ({', '.join(names)})")
+        return self
+
+
+def load_lab_config(name_or_path: str | None, overrides: dict[str, Any] | None = None) -> LabConfig:
+    """A shipped config name (``lab/configs/<name>.yaml``) or a path, with dotted overrides
+    (``{"students.max_steps": 50}``); errors name the field."""
+    path = Path(name_or_path) if name_or_path and Path(name_or_path).is_file() else \
+        CONFIGS_DIR / f"{name_or_path or 'demo'}.yaml"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
+        raise SpecError(f"--config: {name_or_path!r} not found; give a YAML path or one of: {shipped}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return LabConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise SpecError(f"{path.name}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None

@@ -1,0 +1,393 @@
+"""The whole distillation loop on this machine, offline, as a user of the factory: each stage is the `distill`
+command (or Axolotl run) a user would type, printed before it runs.
+
+1. train (or reuse) a tiny teacher;  2. serve it with vLLM (`distill serve`);  3. `distill run`: n samples per
+problem at a temperature where some traces are wrong;  4. filter, then `distill export` SFT and KD (the teacher
+scores the student's exact tokens);  5. two students of a smaller shape, one random init, the same steps:
+`axolotl train` SFT and KD;  6. `distill eval` the teacher, the untrained student and both students on held-out
+problems;  7. the table and the plots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lab.config import LabConfig
+from lab.tasks import get_task, problems
+from pipelines.spec import SpecError
+
+ROOT = Path(__file__).resolve().parents[1]
+DISTILL = [sys.executable, "-m", "pipelines.cli"]
+STAGES = 7
+# stage 1: problems the teacher solves at least half the time, traces no longer than the median
+CURRICULUM = ["--curriculum", "--stage1-min-pass-rate", "0.5", "--stage1-max-length-quantile", "0.5"]
+
+
+class Loop:
+    """One lab run into ``out``; every stage's files stay there (and are reused when already complete)."""
+
+    def __init__(self, cfg: LabConfig, out: Path, echo: Any = print) -> None:
+        self.cfg, self.out, self.echo = cfg, Path(out), echo
+        self.started = time.monotonic()
+        self.task = get_task(cfg.teacher.task)
+
+    # --- plumbing -----------------------------------------------------------------------------------------
+    def stage(self, number: int, what: str) -> None:
+        self.echo(f"[{number}/{STAGES}] {what}  (+{time.monotonic() - self.started:.0f}s)")
+
+    def distill(self, *args: Any) -> str:
+        """Run a `distill` command as a user would; its last line is shown, a failure is one line."""
+        argv = [str(a) for a in args]
+        self.echo("  $ distill " + shlex.join(argv))
+        result = subprocess.run([*DISTILL, *argv], capture_output=True, text=True, cwd=ROOT,
+                                stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise SpecError(f"distill {argv[0]} failed: "
+                            + ((result.stderr.strip().splitlines() or result.stdout.strip().splitlines()
+                                or ["no output"])[-1]))
+        for line in result.stdout.strip().splitlines()[-2 if argv[0] == "lab" else -1:]:
+            self.echo(f"    {line[:220]}")
+        return result.stdout
+
+    # --- stages -------------------------------------------------------------------------------------------
+    def teacher(self) -> Path:
+        t = self.cfg.teacher
+        self.stage(1, f"teacher: a tiny Qwen2 trained from scratch on {t.task} (levels {t.levels}, {t.steps} steps"
+                      + (f", {t.corrupt:.0%} corrupted examples" if t.corrupt else "") + ")")
+        out = Path(t.dir) if t.dir else self.out / "teacher"
+        self.distill("lab", "teacher", "--task", t.task, "--levels", ",".join(map(str, t.levels)), "--steps",
+                     t.steps, "--corrupt", t.corrupt, "--seed", t.seed, "--out", out)
+        return out
+
+    def problem_files(self) -> tuple[Path, Path]:
+        g, e = self.cfg.generation, self.cfg.evaluation
+        folder = self.out / "problems"
+        folder.mkdir(parents=True, exist_ok=True)
+        train, held_out = folder / "train.jsonl", folder / "held-out.jsonl"
+        levels = self.cfg.teacher.levels
+        rows = [r for i, lv in enumerate(levels)
+                for r in problems(_share(g.problems, len(levels), i), self.cfg.problems_seed, task=self.task.name,
+                                  level=lv)]
+        eval_levels = e.levels or levels
+        held = [r for i, lv in enumerate(eval_levels)
+                for r in problems(_share(e.problems, len(eval_levels), i), self.cfg.problems_seed, held_out=True,
+                                  task=self.task.name, level=lv)]
+        for path, data in ((train, rows), (held_out, held)):
+            path.write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")
+        return train, held_out
+
+    def spec(self, source: Path, base_url: str, data: str = "filtered") -> Path:
+        """The run's spec; ``unfiltered`` verifies nothing, so every well-formed trace is kept."""
+        g = self.cfg.generation
+        spec = {
+            "name": f"lab-{self.cfg.name}",
+            "description": f"Lab traces of a tiny {self.task.name} teacher (distill demo).",
+            "source": {"path": str(source.resolve()), "problem_field": "question", "answer_field": "answer"},
+            "prompt": {"system": self.task.system_prompt},
+            "teacher": {"backend": "openai", "model": "lab-teacher", "base_url": base_url,
+                        "num_samples": g.num_samples, "temperature": g.temperature, "top_p": 1.0,
+                        "max_new_tokens": g.max_new_tokens, "top_logprobs": g.top_logprobs, "max_concurrency": 16},
+            "verification": self.task.verification if data == "filtered" else "none",
+            "dedupe": {"enabled": False},  # "12 + 34" and "12 + 43" are different problems
+            "run": {"batch_size": 32},
+        }
+        path = self.out / f"spec-{data}.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+        return path
+
+    @contextmanager
+    def served_teacher(self, teacher: Path) -> Iterator[str]:
+        """`distill serve` the teacher for the run, the KD scoring pass and its own evaluation."""
+        from pipelines.serve.server import free_port
+
+        self.stage(2, "serve the teacher with vLLM (distill serve; ~1 min on 2 cores)")
+        argv = ["serve", str(teacher), "--name", "lab-teacher", "--port", str(free_port()), "--dtype", "float32",
+                "--max-model-len", "1024", "--seed", "0", "--max-num-seqs", "16", "--log-dir",
+                str(self.out / "serve-logs")]
+        self.echo("  $ distill " + shlex.join(argv))
+        process = subprocess.Popen([*DISTILL, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, start_new_session=True)
+        lines = []
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("ready:"):
+                break
+        match = re.search(r"--teacher-url (\S+)", "".join(lines))
+        try:
+            if not match:
+                process.wait(timeout=60)
+                raise SpecError("distill serve failed: " + (lines[-1].strip() if lines else "no output"))
+            self.echo(f"    {lines[-2].strip()}")
+            yield match.group(1)
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.communicate(timeout=120)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+
+    def generate(self, spec: Path, data: str) -> Path:
+        g = self.cfg.generation
+        self.stage(3, f"distill run: {g.num_samples} samples per problem at temperature {g.temperature} "
+                      f"(top-{g.top_logprobs} log-probabilities), "
+                      + ("verified against gold" if data == "filtered" else "unverified (every well-formed trace)"))
+        out = self.out / "traces" / data
+        self.distill("run", spec, "--out", out)
+        return out
+
+    def student_init(self, teacher: Path, seed: int) -> Path:
+        return self._distill_path("lab", "student", "--teacher", teacher, "--seed", seed, "--out",
+                                  self.out / "students" / f"init-s{seed}", *_shape_args(self.cfg.students.shape))
+
+    def _distill_path(self, *args: Any) -> Path:
+        return Path(self.distill(*args).strip().splitlines()[-1])
+
+    def export(self, traces: dict[str, Path], student: Path, base_url: str) -> dict[tuple[str, str, bool], Path]:
+        """One export per (method, data, curriculum) the variants need; KD targets come from a teacher scoring
+        pass on the student's exact tokens. The student here only lends its tokenizer (every init shares it)."""
+        self.stage(4, "export the kept traces: SFT messages, and KD targets scored by the teacher on the student's "
+                      "exact tokens")
+        exports = {}
+        for v in self.cfg.students.variants:
+            key = (v.method, v.data, v.curriculum)
+            if key in exports:
+                continue
+            out = self.out / "exports" / "-".join([v.method, v.data] + (["curriculum"] if v.curriculum else []))
+            extra = ["--teacher-url", base_url, "--teacher-model", "lab-teacher"] if v.method == "kd" else []
+            self.distill("export", traces[v.data], "--format", v.method, "--student", student, "--max-seq-len", 512,
+                         "--out", out, *extra, *(CURRICULUM if v.curriculum else []))
+            exports[key] = out
+        return exports
+
+    def train(self, exports: dict[tuple[str, str, bool], Path], inits: dict[int, Path]) -> dict[str, Path]:
+        """Every variant from each seed's init, for the same number of steps; returns {model name: folder}."""
+        from pipelines.axolotl.train import losses, run_axolotl
+
+        s = self.cfg.students
+        self.stage(5, f"train {len(s.variants)} student variant(s) x {len(s.seeds)} seed(s) with Axolotl, "
+                      f"{s.max_steps} steps each from one random init per seed: "
+                      + ", ".join(v.name for v in s.variants))
+        trained = {}
+        for seed in s.seeds:
+            for v in s.variants:
+                name = model_name(v.name, seed, len(s.seeds))
+                stages = 2 if v.curriculum else 1  # the same total steps, split between the stages
+                overrides = {"max_steps": max(1, s.max_steps // stages), "micro_batch_size": s.micro_batch_size,
+                             "learning_rate": s.learning_rate, "lr_scheduler": "cosine", "warmup_steps": 10,
+                             "seed": seed, "logging_steps": 50, "num_epochs": 1000}
+                if v.method == "kd":
+                    overrides |= {"kd_beta": v.kd_beta, "kd_alpha": s.kd_alpha,
+                                  "kd_ce_alpha": round(1 - s.kd_alpha, 6)}
+                config = self.out / "configs" / f"{name}.yaml"
+                sets = [a for k, val in overrides.items() for a in ("--set", f"{k}={val}")]
+                output = self.distill("config", v.method, "--dataset", exports[(v.method, v.data, v.curriculum)],
+                                      "--student", inits[seed], "--out", config, "--output-dir",
+                                      self.out / "students" / name, "--prepared-dir", self.out / "prepared" / name,
+                                      "--smoke", *sets)
+                configs = [Path(p) for p in re.findall(r"wrote (\S+\.yaml)", output)]
+                for path in configs:
+                    self.echo(f"  $ distill train {path}")
+                    log = self.out / "logs" / f"{path.stem}.log"
+                    done = Path(yaml.safe_load(path.read_text())["output_dir"]) / "lab-trained.json"
+                    digest = hashlib.sha256(path.read_bytes() + _export_digest(path)).hexdigest()
+                    if done.exists() and json.loads(done.read_text()).get("config_sha256") == digest:
+                        self.echo(f"    reused: {done.parent} was trained from this config and data")
+                        continue
+                    steps = losses(run_axolotl("train", path, log=log, cwd=ROOT))
+                    done.write_text(json.dumps({"config_sha256": digest, "losses": steps}) + "\n")
+                    self.echo(f"    loss {steps[0]:.3f} -> {steps[-1]:.3f} over {overrides['max_steps']} steps "
+                              f"(log {log})" if steps else f"    trained (log {log})")
+                trained[name] = Path(yaml.safe_load(configs[-1].read_text())["output_dir"])
+        return trained
+
+    def evaluate(self, held_out: Path, models: dict[str, str]) -> Path:
+        e = self.cfg.evaluation
+        self.stage(6, f"distill eval on {e.problems} held-out problems, {e.num_samples} samples each at "
+                      f"temperature {e.temperature}: " + ", ".join(models))
+        out = self.out / "eval"
+        self.distill("eval", "--set", self.eval_set(held_out),
+                     *(a for name, target in models.items() for a in ("--model", f"{name}={target}")),
+                     "--samples", e.num_samples, "--temperature", e.temperature, "--max-new-tokens",
+                     self.cfg.generation.max_new_tokens, "--train", self.out / "traces" / "filtered",
+                     "--teacher-traces", "teacher", "--out", out)
+        return out
+
+    def eval_set(self, held_out: Path) -> Path:
+        """The held-out problems as an eval set (what `distill eval --set` takes)."""
+        eval_set = {"name": f"lab-{self.task.name}",
+                    "description": f"Held-out {self.task.name} problems of the lab (never in the train split).",
+                    "family": f"lab-{self.task.name}",
+                    "source": {"path": str(held_out.resolve()), "problem_field": "question",
+                               "answer_field": "answer"},
+                    "prompt": {"system": self.task.system_prompt},
+                    "verification": self.task.verification, "samples": self.cfg.evaluation.num_samples,
+                    "temperature": self.cfg.evaluation.temperature,
+                    "max_new_tokens": self.cfg.generation.max_new_tokens,
+                    "in_distribution": {"specs": [f"lab-{self.cfg.name}"]}}
+        path = self.out / "eval-set.yaml"
+        path.write_text(yaml.safe_dump(eval_set, sort_keys=False), encoding="utf-8")
+        return path
+
+    def onpolicy(self, base_url: str, trained: dict[str, Path], exports: dict[tuple[str, str, bool], Path]) -> str:
+        """`distill onpolicy` per arm and seed from the start variant's checkpoint; returns a markdown table."""
+        o = self.cfg.onpolicy
+        assert o is not None
+        seeds = self.cfg.students.seeds
+        self.stage(6, f"on-policy vs off-policy KD, {o.rounds} rounds of {o.max_steps} steps from the "
+                      f"{o.start} student: " + ", ".join(o.arms))
+        histories: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for seed in seeds:
+            for arm, lmbda in o.arms.items():
+                out = self.out / "onpolicy" / model_name(arm, seed, len(seeds))
+                config = {"name": f"lab-{arm}-s{seed}", "student": str(trained[model_name(o.start, seed, len(seeds))]),
+                          "teacher": {"base_url": base_url, "model": "lab-teacher"},
+                          "prompts": str(self.out / "spec-filtered.yaml"), "rounds": o.rounds, "lmbda": lmbda,
+                          "offpolicy": str(exports[("kd", "filtered", False)]), "seed": seed,
+                          "sampling": {"prompts_per_round": o.prompts_per_round,
+                                       "samples_per_prompt": o.samples_per_prompt,
+                                       "temperature": 1.0, "max_new_tokens": self.cfg.generation.max_new_tokens,
+                                       "max_model_len": 1024},
+                          "training": {"cpu": True, "max_steps": o.max_steps, "learning_rate": o.learning_rate,
+                                       "kd_beta": o.kd_beta, "top_k": self.cfg.generation.top_logprobs,
+                                       "max_seq_len": 512,
+                                       "overrides": {"micro_batch_size": self.cfg.students.micro_batch_size,
+                                                     "lr_scheduler": "cosine", "warmup_steps": 10}},
+                          "evaluation": {"set": str(self.out / "eval-set.yaml"),
+                                         "samples": self.cfg.evaluation.num_samples,
+                                         "temperature": self.cfg.evaluation.temperature},
+                          "out": str(out)}
+                path = self.out / "configs" / f"onpolicy-{arm}-s{seed}.yaml"
+                path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+                self.distill("onpolicy", path)
+                histories[(arm, seed)] = json.loads((out / "rounds.json").read_text())
+        return onpolicy_table(histories, list(o.arms), seeds, self.out / "onpolicy" / "rounds.png")
+
+    def run(self) -> dict[str, Any]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        teacher = self.teacher()
+        train, held_out = self.problem_files()
+        variants = self.cfg.students.variants
+        with self.served_teacher(teacher) as base_url:
+            traces = {data: self.generate(self.spec(train, base_url, data), data)
+                      for data in sorted({v.data for v in variants})}
+            inits = {seed: self.student_init(teacher, seed) for seed in self.cfg.students.seeds}
+            exports = self.export(traces, next(iter(inits.values())), base_url)
+            trained = self.train(exports, inits)
+            models = {"teacher": base_url, **{model_name("untrained", seed, len(inits)): f"{path},backend=transformers"
+                                              for seed, path in inits.items()},
+                      **{name: f"{path},backend=transformers" for name, path in trained.items()}}
+            results_dir = self.evaluate(held_out, models)
+            onpolicy = self.onpolicy(base_url, trained, exports) if self.cfg.onpolicy else ""
+        results = json.loads((results_dir / "results.json").read_text())
+        summary = summarize(results, self.cfg) + onpolicy
+        (results_dir / "lab-summary.md").write_text(summary, encoding="utf-8")
+        self.stage(7, f"results: {results_dir}/report.md, plots in {results_dir}/plots, summary below")
+        self.echo(summary)
+        return results
+
+
+def _export_digest(config: Path) -> bytes:
+    """The bytes of the data files a config trains on (a re-export with other rows retrains)."""
+    datasets = yaml.safe_load(config.read_text()).get("datasets") or []
+    files = [Path(d["path"]) for d in datasets]
+    return b"".join(hashlib.sha256(f.read_bytes()).digest() for f in files if f.is_file())
+
+
+def model_name(variant: str, seed: int, seeds: int) -> str:
+    return variant if seeds == 1 else f"{variant}-s{seed}"
+
+
+def summarize(results: dict[str, Any], cfg: LabConfig) -> str:
+    """pass@1 per variant: the mean over seeds and their spread (sample standard deviation), with format
+    adherence; the teacher and the untrained student for reference."""
+    import statistics
+
+    (set_name,) = results["sets"]
+
+    def metric(model: str, key: str) -> float | None:
+        run = results["runs"].get(model, {}).get(set_name)
+        if run is None:
+            return None
+        head = run["clean"] or run["all"]
+        return head.get(key)
+
+    seeds = cfg.students.seeds
+    rows = ["| model | pass@1 (mean over seeds) | spread (sd) | per seed | format |", "|---|---|---|---|---|"]
+    for label in ["teacher", "untrained", *(v.name for v in cfg.students.variants)]:
+        names = ["teacher"] if label == "teacher" else [model_name(label, s, len(seeds)) for s in seeds]
+        values = [v for v in (metric(n, "pass@1") for n in names) if v is not None]
+        formats = [v for v in (metric(n, "format_adherence") for n in names) if v is not None]
+        if not values:
+            continue
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(f"| {label} | {statistics.mean(values):.1%} | {sd:.1%} | "
+                    + ", ".join(f"{v:.1%}" for v in values) + " | "
+                    + (f"{statistics.mean(formats):.1%}" if formats else "–") + " |")
+    return "\n".join(rows) + "\n"
+
+
+def onpolicy_table(histories: dict[tuple[str, int], list[dict[str, Any]]], arms: list[str], seeds: list[int],
+                   plot: Path) -> str:
+    """pass@1 per round and arm (mean over seeds, sd), the teacher's scored targets per round, and a plot."""
+    import statistics
+
+    rounds = max(len(h) for h in histories.values())
+    lines = ["", "| round | " + " | ".join(f"{a} pass@1 (sd)" for a in arms) + " | "
+             + " | ".join(f"{a} teacher-scored targets" for a in arms) + " |",
+             "|---" * (1 + 2 * len(arms)) + "|"]
+    curves: dict[str, list[float]] = {a: [] for a in arms}
+    for r in range(rounds):
+        cells, tokens = [], []
+        for arm in arms:
+            values = [histories[(arm, s)][r].get("pass@1") for s in seeds if len(histories[(arm, s)]) > r]
+            values = [v for v in values if v is not None]
+            mean = statistics.mean(values) if values else float("nan")
+            curves[arm].append(mean)
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{mean:.1%} ({sd:.1%})")
+            scored = [histories[(arm, s)][r].get("teacher_scored_targets") or 0 for s in seeds
+                      if len(histories[(arm, s)]) > r]
+            tokens.append(str(round(statistics.mean(scored))) if scored else "–")
+        lines.append(f"| {r} | " + " | ".join(cells) + " | " + " | ".join(tokens) + " |")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for arm, ys in curves.items():
+        ax.plot(range(len(ys)), [100 * y for y in ys], marker="o", label=arm)
+    ax.set_xlabel("round")
+    ax.set_ylabel("held-out pass@1 (%)")
+    ax.set_xticks(range(rounds))
+    ax.legend()
+    fig.tight_layout()
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(plot, dpi=100)
+    plt.close(fig)
+    return "\n".join(lines) + f"\n\n![on-policy vs off-policy]({plot})\n"
+
+
+def _share(total: int, parts: int, index: int) -> int:
+    return total // parts + (1 if index < total % parts else 0)
+
+
+def _shape_args(shape: dict[str, int]) -> list[str]:
+    return [a for k, v in shape.items() for a in ("--shape", f"{k}={v}")]
