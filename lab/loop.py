@@ -165,15 +165,17 @@ class Loop:
         self.stage(4, "export the kept traces: SFT messages, and KD targets scored by the teacher on the student's "
                       "exact tokens")
         exports = {}
-        for v in self.cfg.students.variants:
-            key = (v.method, v.data, v.curriculum)
-            if key in exports:
+        needed = [(v.method, v.data, v.curriculum) for v in self.cfg.students.variants]
+        if self.cfg.onpolicy:  # the off-policy arm trains on the teacher's own traces, KD-scored
+            needed.append(("kd", "filtered", False))
+        for method, data, curriculum in needed:
+            if (method, data, curriculum) in exports:
                 continue
-            out = self.out / "exports" / "-".join([v.method, v.data] + (["curriculum"] if v.curriculum else []))
-            extra = ["--teacher-url", base_url, "--teacher-model", "lab-teacher"] if v.method == "kd" else []
-            self.distill("export", traces[v.data], "--format", v.method, "--student", student, "--max-seq-len", 512,
-                         "--out", out, *extra, *(CURRICULUM if v.curriculum else []))
-            exports[key] = out
+            out = self.out / "exports" / "-".join([method, data] + (["curriculum"] if curriculum else []))
+            extra = ["--teacher-url", base_url, "--teacher-model", "lab-teacher"] if method == "kd" else []
+            self.distill("export", traces[data], "--format", method, "--student", student, "--max-seq-len", 512,
+                         "--out", out, *extra, *(CURRICULUM if curriculum else []))
+            exports[(method, data, curriculum)] = out
         return exports
 
     def train(self, exports: dict[tuple[str, str, bool], Path], inits: dict[int, Path]) -> dict[str, Path]:
