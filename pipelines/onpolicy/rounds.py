@@ -224,7 +224,7 @@ class Rounds:
                 data = self.grade(r, checkpoint, folder)
             checkpoint = self.train(r, checkpoint, data, folder)
             history.append({"round": r, "checkpoint": checkpoint, "student_samples": stats["samples"],
-                            "student_tokens": stats.get("completion_tokens"), **token_counts(data),
+                            "student_tokens": (stats.get("tokens") or {}).get("completion_total"), **token_counts(data),
                             "mix": json.loads((data / "export.json").read_text()).get("mix"),
                             **(self.evaluate(r, checkpoint) or {})})
             self._write(history)
