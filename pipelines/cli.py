@@ -53,7 +53,7 @@ def run(
     from pipelines.preflight import preflight
     from pipelines.run import run_spec, work_left
 
-    api_key = None
+    api_key = judge_key = None
     try:
         dataset, text = load_spec(spec)
         overrides = {"base_url": teacher_url and (teacher_url[0] if len(teacher_url) == 1 else teacher_url),
@@ -72,15 +72,17 @@ def run(
                 raise SpecError(f"--{flag}: {first['msg'].removeprefix('Value error, ')}") from None
         out_dir = out or Path(dataset.output.dir or f"out/{dataset.name}")
         api_key = os.environ.get(dataset.teacher.api_key_env)
+        judge_key = os.environ.get(dataset.judge.api_key_env) if dataset.judge else None
         # Source, output folder and teacher are checked before anything is created or written.
         preflight(dataset, limit, api_key, spec_out_dirs=[] if out else [out_dir],
                   probe_teacher=work_left(dataset, limit, cache_dir or out_dir / ".cache"))
-        stats = run_spec(dataset, text, out_dir, cache_dir=cache_dir, limit=limit, api_key=api_key)
+        stats = run_spec(dataset, text, out_dir, cache_dir=cache_dir, limit=limit, api_key=api_key,
+                         judge_api_key=judge_key)
     except SpecError as exc:
         fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback with --verbose
         logging.getLogger("distill").debug("run failed", exc_info=True)
-        fail(error_line(exc, secrets=[api_key]))
+        fail(error_line(exc, secrets=[api_key, judge_key]))
     typer.echo(f"wrote {out_dir}: {stats['samples']} samples of {stats['problems']} problems, "
                f"kept {stats['kept']} ({stats['pass_rate']:.1%}); reasons {json.dumps(stats['reasons'])}")
 

@@ -48,11 +48,21 @@ def _hub_rows(source: SourceConfig) -> Iterator[dict]:
 
 
 def _check_columns(row: dict, source: SourceConfig) -> None:
-    for key in ("problem_field", "answer_field", "id_field"):
+    for key in ("problem_field", "answer_field", "id_field", "entry_point_field"):
         column = getattr(source, key)
         if column and column not in row:
             columns = ", ".join(sorted(row))
             raise SpecError(f"source.{key}: column {column!r} is not in the source (columns: {columns})")
+
+
+def _gold(row: dict, source: SourceConfig) -> str | None:
+    """The gold text: a list (MBPP's test asserts) one item per line; with an entry point, HumanEval's call."""
+    gold = row.get(source.answer_field) if source.answer_field else None
+    if isinstance(gold, list | tuple):
+        gold = "\n".join(str(item) for item in gold)
+    if gold is not None and source.entry_point_field and row.get(source.entry_point_field):
+        gold = f"{gold}\n\ncheck({row[source.entry_point_field]})\n"
+    return None if gold is None else str(gold)
 
 
 def iter_problems(source: SourceConfig, limit: int | None = None) -> Iterator[dict]:
@@ -73,7 +83,7 @@ def iter_problems(source: SourceConfig, limit: int | None = None) -> Iterator[di
         problem = row.get(source.problem_field)
         if not isinstance(problem, str) or not problem.strip():
             continue
-        gold = row.get(source.answer_field) if source.answer_field else None
+        gold = _gold(row, source)
         if source.id_field and row.get(source.id_field) is None:
             raise SpecError(f"source.id_field: row {index} of {source.path} has no {source.id_field!r}; every row "
                             "needs an id (fix the data, or drop id_field to number the rows)")
@@ -86,4 +96,4 @@ def iter_problems(source: SourceConfig, limit: int | None = None) -> Iterator[di
         if len(problem) > source.max_problem_chars:
             raise SpecError(f"source.max_problem_chars: problem {problem_id!r} of {source.path} has {len(problem):,} "
                             f"characters (limit {source.max_problem_chars:,}); fix that row or raise the limit")
-        yield {"problem_id": problem_id, "problem": problem, "gold": None if gold is None else str(gold)}
+        yield {"problem_id": problem_id, "problem": problem, "gold": gold}
