@@ -37,6 +37,12 @@ class SourceConfig(_Strict):
     id_field: str | None = None
     # verification code: HumanEval's entry_point column; "check(<entry point>)" is appended to the test program
     entry_point_field: str | None = None
+    # multiple choice with the options in their own column (ARC's {"text": [...], "label": [...]}, or a list):
+    # they are appended to the problem as "(A) text" lines; numeric labels (1-5) become letters, in the gold too
+    choices_field: str | None = None
+    # verification code: show the first N lines of the test program in the problem (MBPP's prompt shows its
+    # asserts, the only place the function's name is given)
+    show_tests: int = Field(0, ge=0)
     max_problem_chars: int = Field(100_000, ge=1)  # a longer problem is a data error, not a prompt
 
     @property

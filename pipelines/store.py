@@ -254,7 +254,7 @@ class StatsCollector:
                 "completion_max": max(self.tokens, default=0),
                 "kept_mean": round(statistics.fmean(self.kept_tokens), 1) if self.kept_tokens else 0,
             },
-            **{name.removesuffix("_score"): score_distribution(values)
+            **{f"{name}s": score_distribution(values)
                for name, values in self.scores.items() if values},
             "wall_time_s": round(wall, 2),
             "tokens_per_s": round(total_tokens / wall, 1) if wall else None,

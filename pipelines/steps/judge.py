@@ -1,6 +1,5 @@
 """The judge stage: score the samples curation marked (``needs_judge``) and keep those at the threshold."""
 
-from __future__ import annotations
 
 from typing import Any
 

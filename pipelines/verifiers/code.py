@@ -38,10 +38,10 @@ def problem_imports(problem: str | None) -> str:
     return "\n".join(dict.fromkeys(m.group(0).strip() for m in _IMPORT.finditer(problem or "")))
 
 
-def test_program(answer: str | None, tests: str, problem: str | None = None) -> str:
+def build_program(answer: str | None, tests: str, problem: str | None = None) -> str:
     """The program the sandbox runs: the problem's imports, the answer's code, then the tests."""
     parts = [problem_imports(problem), extract_code(answer), tests]
-    return "\n\n".join(part for part in parts if part.strip()) + "\n"
+    return "\n\n".join(part.strip("\n") for part in parts if part.strip()) + "\n"
 
 
 def limits_of(config: CodeConfig | None) -> Limits:
@@ -53,7 +53,7 @@ def limits_of(config: CodeConfig | None) -> Limits:
 
 def run_tests(answer: str | None, tests: str, problem: str | None = None,
               config: CodeConfig | None = None) -> Outcome:
-    return run_python(test_program(answer, tests, problem), limits_of(config),
+    return run_python(build_program(answer, tests, problem), limits_of(config),
                       isolation=config.isolation if config else "auto", guard=config.guard if config else True)
 
 
