@@ -149,6 +149,10 @@ from pipelines.eval.commands import register as register_eval_command  # noqa: E
 
 register_eval_command(app)
 
+from pipelines.select.commands import register as register_select_command  # noqa: E402  (select)
+
+register_select_command(app)
+
 from lab.commands import register as register_lab_commands  # noqa: E402  (lab teacher|student|problems|run)
 
 register_lab_commands(app)
