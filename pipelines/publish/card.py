@@ -100,15 +100,28 @@ def _decontamination(stats: dict[str, Any]) -> str:
     if not benchmarks:
         return (f"No benchmarks were configured (`decontamination.benchmarks` is empty): "
                 f"{report.get('checked', 0)} problems were not checked against evaluation sets.")
-    text = (f"Problems sharing any word {report['ngram']}-gram with a benchmark problem were dropped before "
-            f"generation: **{report['contaminated']}** of {report['checked']} problems.\n\n")
+    if report.get("min_overlap"):
+        rule = (f"Problems whose informative word {report['ngram']}-grams overlap one benchmark problem's by at least "
+                f"{report['min_overlap']:.0%} (of the smaller text's; n-grams in more than {report.get('max_df')} of "
+                "the benchmark's problems are stock phrases and do not count)")
+    else:
+        rule = f"Problems sharing any word {report['ngram']}-gram with a benchmark problem"
+    text = (f"{rule} were dropped before generation: **{report['contaminated']}** of {report['checked']} "
+            "problems.\n\n")
     text += _table(["benchmark", "problems indexed"], [[b["name"], b["problems"]] for b in benchmarks])
     dropped = report.get("dropped") or []
     if dropped:
         text += "\n\nDropped problems:\n\n" + _table(
-            ["problem_id", "benchmark", "benchmark row", "shared n-gram"],
-            [[f"`{d['problem_id']}`", d["benchmark"], d["benchmark_index"], f"`{d['ngram']}`"] for d in dropped])
+            ["problem_id", "benchmark", "benchmark row", "overlap", "shared n-gram", "benchmark problem"],
+            [[f"`{d['problem_id']}`", d["benchmark"], d["benchmark_index"], d.get("overlap", "-"), f"`{d['ngram']}`",
+              _cell(d.get("benchmark_problem") or "")] for d in dropped])
     return text
+
+
+def _cell(text: str, limit: int = 120) -> str:
+    """Text for one table cell: one line, no pipes, clipped."""
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _dedupe(stats: dict[str, Any]) -> str:
