@@ -153,6 +153,10 @@ from pipelines.select.commands import register as register_select_command  # noq
 
 register_select_command(app)
 
+from pipelines.mix.commands import register as register_mix_command  # noqa: E402  (mix)
+
+register_mix_command(app)
+
 from lab.commands import register as register_lab_commands  # noqa: E402  (lab teacher|student|problems|run)
 
 register_lab_commands(app)
