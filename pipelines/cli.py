@@ -75,7 +75,7 @@ def run(
         judge_key = os.environ.get(dataset.judge.api_key_env) if dataset.judge else None
         # Source, output folder and teacher are checked before anything is created or written.
         preflight(dataset, limit, api_key, spec_out_dirs=[] if out else [out_dir],
-                  probe_teacher=work_left(dataset, limit, cache_dir or out_dir / ".cache"))
+                  probe_teacher=work_left(dataset, limit, cache_dir or out_dir / ".cache"), judge_api_key=judge_key)
         stats = run_spec(dataset, text, out_dir, cache_dir=cache_dir, limit=limit, api_key=api_key,
                          judge_api_key=judge_key)
     except SpecError as exc:

@@ -160,3 +160,19 @@ def test_namespaces_are_used_where_they_work() -> None:
     outcome = run_python("print('hi')")
     assert outcome.isolation == ("namespaces" if namespaces_available() else "fallback")
     assert run_python("print('hi')", isolation="fallback").isolation == "fallback"
+
+
+@pytest.mark.parametrize("snippet, refused", [
+    ("import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)", "socket.getaddrinfo is not allowed"),
+    (f"import os\nos.kill({os.getpid()}, 0)", "os.kill of another process is not allowed"),
+    ("open('/tmp/fallback-escape.txt', 'w').write('x')", "outside the sandbox folder is not allowed"),
+    ("import subprocess\nsubprocess.run(['true'])", "is not allowed"),
+    ("import ctypes", "import ctypes is not allowed"),
+])
+def test_fallback_relies_on_the_guard(snippet: str, refused: str) -> None:
+    """Without namespaces the guard is what refuses; ordinary imports still work there."""
+    outcome = run_python(snippet, FAST, isolation="fallback")
+    assert not outcome.passed and refused in outcome.output and outcome.isolation == "fallback"
+    assert not Path("/tmp/fallback-escape.txt").exists()
+    assert run_python("import math, json, collections\nassert math.gcd(12, 18) == 6", FAST,
+                      isolation="fallback").passed

@@ -245,3 +245,39 @@ def test_similarity_verification_end_to_end(tmp_path: Path) -> None:
     stats = json.loads((out / "__meta__" / "stats.json").read_text())
     assert stats["similarity_scores"]["count"] == 4
     assert stats["similarity_scores"]["max"] == round(frame.similarity_score.max(), 4)
+
+
+def test_judge_failure_is_retried_on_rerun_and_unreachable_judge_is_one_line(tmp_path: Path) -> None:
+    source = tmp_path / "one.jsonl"
+    source.write_text(json.dumps({"question": "Say hello.", "answer": "Hello."}) + "\n", encoding="utf-8")
+    state = {"healthy": False}
+
+    def teacher_responder(messages: list[dict[str, str]], index: int) -> str:
+        return "<thought>Greet.</thought> Hello there."
+
+    def judge_responder(messages: list[dict[str, str]], index: int) -> str:
+        return '{"score": 8, "reason": "a greeting"}' if state["healthy"] else "no verdict"
+
+    with LoopbackTeacher(teacher_responder) as teacher, LoopbackTeacher(judge_responder) as judge:
+        spec = write_spec(tmp_path / "j.yaml", source, verification="judge", teacher={"num_samples": 1},
+                          judge={"base_url": judge.base_url, "model": "loopback-teacher", "rubric": "A greeting?",
+                                 "max_retries": 1})
+        out = tmp_path / "out"
+        run_distill("run", spec, "--teacher-url", teacher.base_url, "--out", out)
+        first = pd.read_parquet(out).iloc[0]
+        assert (first.kept, first.rejection_reason, first.error) == (False, "judge_error",
+                                                                     "judge: judge reply without a score (2 attempts)")
+        state["healthy"] = True
+        run_distill("run", spec, "--teacher-url", teacher.base_url, "--out", out)  # asks again for that problem
+        assert len(teacher.requests) == 2
+    frame = pd.read_parquet(out)
+    assert len(frame) == 1 and frame.iloc[0].kept and frame.iloc[0].judge_score == 0.8
+    assert frame.iloc[0].correct  # verification judge: the verdict is the verification
+    # the judge is probed before anything is written
+    down = write_spec(tmp_path / "down.yaml", source, verification="judge",
+                      judge={"base_url": "http://127.0.0.1:9/v1", "model": "j", "rubric": "r"})
+    with LoopbackTeacher(teacher_responder) as teacher:
+        result = run_distill("run", down, "--teacher-url", teacher.base_url, "--out", tmp_path / "o2", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: judge.base_url: cannot reach http://127.0.0.1:9")
+    assert not (tmp_path / "o2").exists()

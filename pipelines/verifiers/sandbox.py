@@ -7,7 +7,10 @@ The strongest isolation this machine allows, chosen once per process:
   no connection leaves it, not even to 127.0.0.1; /tmp, /var/tmp and /dev/shm are private size-limited tmpfs;
   when PID 1 ends the kernel kills every process left in the namespace, including ones that called setsid().
 - ``fallback`` (no namespaces): a new session and process group, which is killed afterwards. There is no
-  network isolation at the OS level here; the Python guard below blocks sockets instead.
+  network isolation at the OS level here, and when the interpreter lives in a folder ``nobody`` cannot enter
+  (a pyenv Python under /root) the child even stays root: the Python guard below is then the only line against
+  sockets, signals and writes (tests/test_sandbox.py checks that it holds). ``code.isolation: namespaces`` makes
+  a run refuse to start without namespaces; ``auto`` logs a warning once when it falls back.
 
 In both, the child runs in a fresh temp dir with a scrubbed environment (no secrets: only PATH, LANG, HOME=the
 temp dir), with CPU-time, address-space, file-size, open-file and process-count limits, as the unprivileged
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
 import signal
@@ -72,6 +76,13 @@ def namespaces_available() -> bool:
     return probe.returncode == 0
 
 
+@functools.lru_cache(maxsize=1)
+def _warn_fallback() -> None:
+    logging.getLogger("distill").warning(
+        "code sandbox: no network/PID/mount namespaces here (needs root and `unshare`); untrusted code runs with "
+        "rlimits, its own process group and the Python guard only")
+
+
 def _command(config_path: Path, namespaces: bool) -> list[str]:
     python = [sys.executable, "-I", "-B", str(CHILD), str(config_path)]
     if not namespaces:
@@ -99,6 +110,8 @@ def run_python(program: str, limits: Limits = Limits(), isolation: Isolation = "
         raise RuntimeError("code.isolation: namespaces are not available here (needs root and a working "
                            "`unshare --net --pid --mount`); use isolation: auto or fallback")
     mode = "namespaces" if use_namespaces else "fallback"
+    if not use_namespaces and isolation == "auto":
+        _warn_fallback()
     root = Path(tempfile.mkdtemp(prefix="distill-sandbox-"))
     try:
         workdir = root / "work"

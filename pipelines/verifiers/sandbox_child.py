@@ -58,6 +58,23 @@ def _mount_private(workdir: str, size_mb: int) -> str:
     return PRIVATE_WORKDIR
 
 
+def _readable_by_anyone(path: str) -> bool:
+    """Whether every folder down to ``path`` can be entered by any user (else ``nobody`` cannot import from it)."""
+    import stat
+
+    current = os.path.abspath(path)
+    while True:
+        try:
+            if not os.stat(current).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+        parent = os.path.dirname(current)
+        if parent == current:
+            return True
+        current = parent
+
+
 def _run_as_pid1_child() -> None:
     """As PID 1 of a PID namespace, fork: the program runs as an ordinary process (signals act normally) and
     PID 1 waits and passes its status on; when PID 1 exits the kernel kills whatever is left."""
@@ -141,7 +158,8 @@ def main() -> None:
             _run_as_pid1_child()
         os.chdir(workdir)
         _limit(config)
-        if os.getuid() == 0:
+        # without namespaces a Python under a private home (pyenv in /root) is unreadable to nobody: stay root then
+        if os.getuid() == 0 and (config["namespaces"] or _readable_by_anyone(sys.base_prefix)):
             _drop_privileges(int(config["uid"]), int(config["gid"]))
         with open(os.path.join(workdir, "solution.py"), encoding="utf-8") as handle:
             source = handle.read()
