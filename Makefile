@@ -14,7 +14,7 @@ DATASET ?= gsm8k
 CONFIG ?=
 ARGS ?=
 
-.PHONY: help setup setup-train setup-vllm test lint demo demo-hub pipeline serve train preprocess publish bench chaos clean
+.PHONY: help setup setup-train setup-vllm test lint demo demo-hub onpolicy pipeline serve eval train preprocess publish bench chaos clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -67,6 +67,13 @@ serve: $(VENV)/$(STAMP) $(VENV_VLLM)/$(STAMP) ## Serve a model with vLLM: make s
 	@test -n "$(MODEL)" || { echo "error: MODEL is required: make serve MODEL=<folder or Hub id>"; exit 2; }
 	$(DISTILL) serve $(MODEL) $(ARGS)
 
+SETS ?= lab-addition
+MODELS ?=
+EVAL_CONFIG ?=
+eval: $(VENV)/$(STAMP) ## Evaluate models: make eval MODELS="teacher=http://127.0.0.1:8000/v1 sft=out/sft,backend=transformers" SETS="gsm8k math-500" ARGS="--samples 4" (or EVAL_CONFIG=eval.yaml)
+	@test -n "$(MODELS)$(EVAL_CONFIG)" || { echo "error: MODELS is required: make eval MODELS=\"name=http://host:port/v1 name2=MODEL_DIR\" SETS=\"gsm8k\" (distill eval --list shows the sets)"; exit 2; }
+	$(DISTILL) eval $(if $(EVAL_CONFIG),--config $(EVAL_CONFIG),$(foreach s,$(SETS),--set $(s))) $(foreach m,$(MODELS),--model $(m)) $(ARGS)
+
 train: ## Launch Axolotl: make train CONFIG=axolotl_configs/....yaml
 	@test -n "$(CONFIG)" || { echo "error: CONFIG is required: make train CONFIG=axolotl_configs/<file>.yaml"; exit 2; }
 	$(DISTILL) train $(CONFIG) $(ARGS)
@@ -74,6 +81,10 @@ train: ## Launch Axolotl: make train CONFIG=axolotl_configs/....yaml
 preprocess: ## Tokenise a config's datasets: make preprocess CONFIG=...
 	@test -n "$(CONFIG)" || { echo "error: CONFIG is required: make preprocess CONFIG=axolotl_configs/<file>.yaml"; exit 2; }
 	$(DISTILL) train $(CONFIG) --preprocess $(ARGS)
+
+onpolicy: $(VENV)/$(STAMP) $(VENV_TRAIN)/$(STAMP) $(VENV_VLLM)/$(STAMP) ## On-policy distillation rounds: make onpolicy CONFIG=pipelines/onpolicy/configs/qwen2.5-1.5b.yaml
+	@test -n "$(CONFIG)" || { echo "error: CONFIG is required: make onpolicy CONFIG=pipelines/onpolicy/configs/<file>.yaml"; exit 2; }
+	$(DISTILL) onpolicy $(CONFIG) $(ARGS)
 
 publish: ## Push a dataset folder to the Hub: make publish DATASET=out/gsm8k REPO=owner/name (ARGS="--dry-run DIR")
 	@test -n "$(REPO)" || { echo "error: REPO is required: make publish DATASET=out/<name> REPO=owner/name"; exit 2; }

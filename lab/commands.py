@@ -113,19 +113,12 @@ def run_loop(
 
 
 def run_lab(config: str, out: Path | None, sets: list[str]) -> None:
-    import yaml
-
     from lab.config import load_lab_config
     from lab.loop import Loop
+    from pipelines.spec import parse_sets
 
     try:
-        overrides = {}
-        for pair in sets:
-            key, sep, value = pair.partition("=")
-            if not sep:
-                raise SpecError(f"--set: {pair!r} is not KEY=VALUE, e.g. students.max_steps=50")
-            overrides[key] = yaml.safe_load(value)
-        cfg = load_lab_config(config, overrides)
+        cfg = load_lab_config(config, parse_sets(sets))
         Loop(cfg, out or Path("out/lab") / cfg.name, echo=lambda line: typer.echo(line)).run()
     except SpecError as exc:
         _fail(str(exc))

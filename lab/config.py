@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipelines.spec import SpecError
+from pipelines.spec import SpecError, apply_sets
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
@@ -75,13 +75,36 @@ class Evaluation(_Strict):
     levels: list[int] | None = None  # default: the teacher's
 
 
+class OnPolicyArms(_Strict):
+    """After the students: `distill onpolicy` from the `start` variant's checkpoint, on-policy (lmbda 1: the
+    student samples, the teacher scores its tokens) against off-policy (lmbda 0: the teacher's own KD traces), at
+    equal rounds and training steps."""
+
+    start: str = "sft"  # a variant name
+    rounds: int = Field(3, ge=1)
+    prompts_per_round: int = Field(100, ge=1)
+    samples_per_prompt: int = Field(2, ge=1)
+    max_steps: int = Field(200, ge=1)
+    learning_rate: float = Field(1e-3, ge=0.0)
+    kd_beta: float = Field(0.0, ge=0.0, le=1.0)
+    arms: dict[str, float] = {"onpolicy": 1.0, "offpolicy": 0.0}  # name -> lmbda
+
+
 class LabConfig(_Strict):
     name: str = "demo"
     teacher: TeacherRecipe = TeacherRecipe()
     generation: Generation = Generation()
     students: StudentTraining = StudentTraining()
     evaluation: Evaluation = Evaluation()
+    onpolicy: OnPolicyArms | None = None
     problems_seed: int = 0
+
+    @model_validator(mode="after")
+    def _start_variant(self) -> LabConfig:
+        names = [v.name for v in self.students.variants]
+        if self.onpolicy and self.onpolicy.start not in names:
+            raise ValueError(f"onpolicy.start: {self.onpolicy.start!r} is not a variant ({', '.join(names)})")
+        return self
 
 
 def load_lab_config(name_or_path: str | None, overrides: dict[str, Any] | None = None) -> LabConfig:
@@ -93,12 +116,7 @@ def load_lab_config(name_or_path: str | None, overrides: dict[str, Any] | None =
         shipped = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
         raise SpecError(f"--config: {name_or_path!r} not found; give a YAML path or one of: {shipped}")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+    apply_sets(data, overrides or {})
     try:
         return LabConfig.model_validate(data)
     except ValidationError as exc:

@@ -112,7 +112,7 @@ class Loop:
     @contextmanager
     def served_teacher(self, teacher: Path) -> Iterator[str]:
         """`distill serve` the teacher for the run, the KD scoring pass and its own evaluation."""
-        from pipelines.serve.server import free_port
+        from pipelines.serve.server import die_with_parent, free_port
 
         self.stage(2, "serve the teacher with vLLM (distill serve; ~1 min on 2 cores)")
         argv = ["serve", str(teacher), "--name", "lab-teacher", "--port", str(free_port()), "--dtype", "float32",
@@ -120,7 +120,7 @@ class Loop:
                 str(self.out / "serve-logs")]
         self.echo("  $ distill " + shlex.join(argv))
         process = subprocess.Popen([*DISTILL, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, start_new_session=True)
+                                   text=True, start_new_session=True, preexec_fn=die_with_parent)
         lines = []
         assert process.stdout is not None
         for line in process.stdout:
@@ -165,15 +165,17 @@ class Loop:
         self.stage(4, "export the kept traces: SFT messages, and KD targets scored by the teacher on the student's "
                       "exact tokens")
         exports = {}
-        for v in self.cfg.students.variants:
-            key = (v.method, v.data, v.curriculum)
-            if key in exports:
+        needed = [(v.method, v.data, v.curriculum) for v in self.cfg.students.variants]
+        if self.cfg.onpolicy:  # the off-policy arm trains on the teacher's own traces, KD-scored
+            needed.append(("kd", "filtered", False))
+        for method, data, curriculum in needed:
+            if (method, data, curriculum) in exports:
                 continue
-            out = self.out / "exports" / "-".join([v.method, v.data] + (["curriculum"] if v.curriculum else []))
-            extra = ["--teacher-url", base_url, "--teacher-model", "lab-teacher"] if v.method == "kd" else []
-            self.distill("export", traces[v.data], "--format", v.method, "--student", student, "--max-seq-len", 512,
-                         "--out", out, *extra, *(CURRICULUM if v.curriculum else []))
-            exports[key] = out
+            out = self.out / "exports" / "-".join([method, data] + (["curriculum"] if curriculum else []))
+            extra = ["--teacher-url", base_url, "--teacher-model", "lab-teacher"] if method == "kd" else []
+            self.distill("export", traces[data], "--format", method, "--student", student, "--max-seq-len", 512,
+                         "--out", out, *extra, *(CURRICULUM if curriculum else []))
+            exports[(method, data, curriculum)] = out
         return exports
 
     def train(self, exports: dict[tuple[str, str, bool], Path], inits: dict[int, Path]) -> dict[str, Path]:
@@ -245,6 +247,40 @@ class Loop:
         path.write_text(yaml.safe_dump(eval_set, sort_keys=False), encoding="utf-8")
         return path
 
+    def onpolicy(self, base_url: str, trained: dict[str, Path], exports: dict[tuple[str, str, bool], Path]) -> str:
+        """`distill onpolicy` per arm and seed from the start variant's checkpoint; returns a markdown table."""
+        o = self.cfg.onpolicy
+        assert o is not None
+        seeds = self.cfg.students.seeds
+        self.stage(6, f"on-policy vs off-policy KD, {o.rounds} rounds of {o.max_steps} steps from the "
+                      f"{o.start} student: " + ", ".join(o.arms))
+        histories: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for seed in seeds:
+            for arm, lmbda in o.arms.items():
+                out = self.out / "onpolicy" / model_name(arm, seed, len(seeds))
+                config = {"name": f"lab-{arm}-s{seed}", "student": str(trained[model_name(o.start, seed, len(seeds))]),
+                          "teacher": {"base_url": base_url, "model": "lab-teacher"},
+                          "prompts": str(self.out / "spec-filtered.yaml"), "rounds": o.rounds, "lmbda": lmbda,
+                          "offpolicy": str(exports[("kd", "filtered", False)]), "seed": seed,
+                          "sampling": {"prompts_per_round": o.prompts_per_round,
+                                       "samples_per_prompt": o.samples_per_prompt,
+                                       "temperature": 1.0, "max_new_tokens": self.cfg.generation.max_new_tokens,
+                                       "max_model_len": 1024},
+                          "training": {"cpu": True, "max_steps": o.max_steps, "learning_rate": o.learning_rate,
+                                       "kd_beta": o.kd_beta, "top_k": self.cfg.generation.top_logprobs,
+                                       "max_seq_len": 512,
+                                       "overrides": {"micro_batch_size": self.cfg.students.micro_batch_size,
+                                                     "lr_scheduler": "cosine", "warmup_steps": 10}},
+                          "evaluation": {"set": str(self.out / "eval-set.yaml"),
+                                         "samples": self.cfg.evaluation.num_samples,
+                                         "temperature": self.cfg.evaluation.temperature},
+                          "out": str(out)}
+                path = self.out / "configs" / f"onpolicy-{arm}-s{seed}.yaml"
+                path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+                self.distill("onpolicy", path)
+                histories[(arm, seed)] = json.loads((out / "rounds.json").read_text())
+        return onpolicy_table(histories, list(o.arms), seeds, self.out / "onpolicy" / "rounds.png")
+
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
         teacher = self.teacher()
@@ -260,8 +296,9 @@ class Loop:
                                               for seed, path in inits.items()},
                       **{name: f"{path},backend=transformers" for name, path in trained.items()}}
             results_dir = self.evaluate(held_out, models)
+            onpolicy = self.onpolicy(base_url, trained, exports) if self.cfg.onpolicy else ""
         results = json.loads((results_dir / "results.json").read_text())
-        summary = summarize(results, self.cfg)
+        summary = summarize(results, self.cfg) + onpolicy
         (results_dir / "lab-summary.md").write_text(summary, encoding="utf-8")
         self.stage(7, f"results: {results_dir}/report.md, plots in {results_dir}/plots, summary below")
         self.echo(summary)
@@ -306,6 +343,48 @@ def summarize(results: dict[str, Any], cfg: LabConfig) -> str:
                     + ", ".join(f"{v:.1%}" for v in values) + " | "
                     + (f"{statistics.mean(formats):.1%}" if formats else "–") + " |")
     return "\n".join(rows) + "\n"
+
+
+def onpolicy_table(histories: dict[tuple[str, int], list[dict[str, Any]]], arms: list[str], seeds: list[int],
+                   plot: Path) -> str:
+    """pass@1 per round and arm (mean over seeds, sd), the teacher's scored targets per round, and a plot."""
+    import statistics
+
+    rounds = max(len(h) for h in histories.values())
+    lines = ["", "| round | " + " | ".join(f"{a} pass@1 (sd)" for a in arms) + " | "
+             + " | ".join(f"{a} teacher-scored targets" for a in arms) + " |",
+             "|---" * (1 + 2 * len(arms)) + "|"]
+    curves: dict[str, list[float]] = {a: [] for a in arms}
+    for r in range(rounds):
+        cells, tokens = [], []
+        for arm in arms:
+            values = [histories[(arm, s)][r].get("pass@1") for s in seeds if len(histories[(arm, s)]) > r]
+            values = [v for v in values if v is not None]
+            mean = statistics.mean(values) if values else float("nan")
+            curves[arm].append(mean)
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{mean:.1%} ({sd:.1%})")
+            scored = [histories[(arm, s)][r].get("teacher_scored_targets") or 0 for s in seeds
+                      if len(histories[(arm, s)]) > r]
+            tokens.append(str(round(statistics.mean(scored))) if scored else "–")
+        lines.append(f"| {r} | " + " | ".join(cells) + " | " + " | ".join(tokens) + " |")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for arm, ys in curves.items():
+        ax.plot(range(len(ys)), [100 * y for y in ys], marker="o", label=arm)
+    ax.set_xlabel("round")
+    ax.set_ylabel("held-out pass@1 (%)")
+    ax.set_xticks(range(rounds))
+    ax.legend()
+    fig.tight_layout()
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(plot, dpi=100)
+    plt.close(fig)
+    return "\n".join(lines) + f"\n\n![on-policy vs off-policy]({plot})\n"
 
 
 def _share(total: int, parts: int, index: int) -> int:

@@ -22,8 +22,24 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def interrupted(exc: KeyboardInterrupt) -> None:
+    """Ctrl-C or SIGTERM: what was written is kept; 128 + the signal's number, as shells report it."""
+    from pipelines.errors import INTERRUPTED, Interrupted
+
+    typer.echo(f"error: {INTERRUPTED}", err=True)
+    raise typer.Exit(exc.exit_code if isinstance(exc, Interrupted) else 130)
+
+
+FRESH_HELP = "Discard what earlier runs generated into this folder and start over."
+
+
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    logging.raiseExceptions = verbose  # a log that cannot be written (full disk) must not print tracebacks
+    if not verbose:
+        from pipelines.run_log import hold_warnings
+
+        hold_warnings()  # library warnings go to the run's log file (pipelines/run_log.py)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
 
 
@@ -47,6 +63,8 @@ def run(
     limit: Optional[int] = typer.Option(None, help="Only the first N problems."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default out/<name>)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Resume folder (default <out>/.cache)."),
+    fresh: bool = typer.Option(False, "--fresh", help=FRESH_HELP),
+    progress_every: float = typer.Option(30.0, min=0.1, help="Without a terminal: seconds between progress lines."),
 ) -> None:
     """Generate, parse, verify and write a trace dataset for SPEC."""
     from pipelines.errors import error_line
@@ -75,9 +93,12 @@ def run(
         judge_key = os.environ.get(dataset.judge.api_key_env) if dataset.judge else None
         # Source, output folder and teacher are checked before anything is created or written.
         preflight(dataset, limit, api_key, spec_out_dirs=[] if out else [out_dir],
-                  probe_teacher=work_left(dataset, limit, cache_dir or out_dir / ".cache"), judge_api_key=judge_key)
-        stats = run_spec(dataset, text, out_dir, cache_dir=cache_dir, limit=limit, api_key=api_key,
-                         judge_api_key=judge_key)
+                  probe_teacher=fresh or work_left(dataset, limit, cache_dir or out_dir / ".cache"),
+                  judge_api_key=judge_key)
+        stats = run_spec(dataset, text, out_dir, cache_dir=cache_dir, limit=limit, api_key=api_key, fresh=fresh,
+                         progress_every_s=progress_every, judge_api_key=judge_key)
+    except KeyboardInterrupt as exc:
+        interrupted(exc)
     except SpecError as exc:
         fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback with --verbose
@@ -94,6 +115,7 @@ def demo(
     out: Optional[Path] = typer.Option(None, help="Output folder (default out/demo, or out/demo-hub with --hub)."),
     limit: Optional[int] = typer.Option(None, help="--hub: only the first N problems."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a lab setting, e.g. students.max_steps=50."),
+    fresh: bool = typer.Option(False, "--fresh", help="--hub: " + FRESH_HELP),
 ) -> None:
     """The whole loop offline (lab/configs/demo.yaml): a tiny teacher that really reasons, served by vLLM, its
     traces filtered and exported, SFT and KD students trained with Axolotl, all evaluated on held-out problems."""
@@ -109,7 +131,9 @@ def demo(
     typer.echo(f"demo --hub: teacher {dataset.teacher.model} in-process on CPU (downloads it once; without a "
                "network run `make demo`, the offline lab loop)")
     try:
-        stats = run_spec(dataset, text, out, limit=limit)
+        stats = run_spec(dataset, text, out, limit=limit, fresh=fresh)
+    except KeyboardInterrupt as exc:
+        interrupted(exc)
     except SpecError as exc:
         fail(str(exc))
     except OSError as exc:
@@ -149,6 +173,10 @@ from pipelines.eval.commands import register as register_eval_command  # noqa: E
 
 register_eval_command(app)
 
+from pipelines.onpolicy.commands import register as register_onpolicy_command  # noqa: E402  (onpolicy)
+
+register_onpolicy_command(app)
+
 from pipelines.select.commands import register as register_select_command  # noqa: E402  (select)
 
 register_select_command(app)
@@ -163,6 +191,11 @@ register_lab_commands(app)
 
 
 def entrypoint() -> None:
+    import signal
+
+    from pipelines.errors import raise_interrupted
+
+    signal.signal(signal.SIGTERM, raise_interrupted)  # stop like Ctrl-C (a command may install its own)
     try:
         app()
     except KeyboardInterrupt:

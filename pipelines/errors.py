@@ -8,14 +8,39 @@ the known secrets masked; the traceback is for ``--verbose``.
 from __future__ import annotations
 
 import errno
+import signal
 from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 RESUME_HINT = "rerun the same command to resume"
 
 
+INTERRUPTED = f"interrupted; {RESUME_HINT}"
+
+
 class RunIncomplete(RuntimeError):
     """The pipeline ended without writing every problem (a step failed); its message is the user's line."""
+
+
+class RunAborted(RuntimeError):
+    """A worker stopped the run (e.g. the disk is full); its message is the user's line."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the run stopped gracefully; the exit status is 128 + the signal's number."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def raise_interrupted(signum: int, frame: object) -> None:
+    """A SIGTERM handler: stop like Ctrl-C does (KeyboardInterrupt unwinds, context managers clean up)."""
+    raise Interrupted(signum)
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:
@@ -36,7 +61,7 @@ def redact_url(url: str) -> str:
 
 def error_line(exc: BaseException, secrets: Iterable[str | None] = ()) -> str:
     """One line for an unexpected failure of a run."""
-    if isinstance(exc, RunIncomplete):
+    if isinstance(exc, (RunIncomplete, RunAborted)):
         line = str(exc)
     elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         line = f"{exc.filename or 'disk'}: no space left on device; free some space, then {RESUME_HINT}"

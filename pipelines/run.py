@@ -8,7 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines import fingerprint
+from pipelines.progress import DEFAULT_EVERY_S, RunProgress
 from pipelines.run_lock import run_lock
+from pipelines.run_log import LOG_NAME, run_log
 from pipelines.source import iter_problems
 from pipelines.spec import DatasetSpec, SpecError
 from pipelines.store import (
@@ -110,23 +113,59 @@ def _check_complete(spec: DatasetSpec, total: int | None, cache_dir: Path) -> No
     if missing > 0:
         from pipelines.errors import RunIncomplete
 
-        raise RunIncomplete(f"{missing} of {total} problems were not written (a pipeline step failed; see the log "
-                            f"under {cache_dir / 'distilabel'}); rerun the same command to retry them")
+        raise RunIncomplete(f"{missing} of {total} problems were not written (a pipeline step failed; see "
+                            f"{cache_dir / LOG_NAME}); rerun the same command to retry them")
 
 
 def run_spec(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path | None = None,
-             limit: int | None = None, api_key: str | None = None,
-             judge_api_key: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the pipeline and write the dataset folder; returns the stats."""
+             limit: int | None = None, api_key: str | None = None, fresh: bool = False,
+             progress_every_s: float = DEFAULT_EVERY_S, judge_api_key: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the pipeline and write the dataset folder; returns the stats.
+
+    ``fresh`` discards what an earlier run generated into this folder (the refusal of a changed spec says so).
+    The log goes to ``<cache>/run.log`` (the terminal keeps the factory's lines unless the root logger is at
+    DEBUG, i.e. ``-v``); progress is a bar on a TTY, else a line every ``progress_every_s`` seconds.
+    """
     cache_dir = cache_dir or out_dir / ".cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(cache_dir):
+    verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    with run_lock(cache_dir), run_log(cache_dir, verbose) as log_handler:
+        if fresh:
+            discard_run(cache_dir, out_dir)
         remove_stale_temps(cache_dir, out_dir)  # what a killed run was writing; complete files are kept
-        return _run_locked(spec, spec_text, out_dir, cache_dir, limit, api_key, judge_api_key)
+        if fingerprint.check(cache_dir, spec):
+            from pipelines.recurate import recurate_cache
+
+            recurate_cache(cache_dir, spec, judge_api_key=judge_api_key)
+            fingerprint.record(cache_dir, spec)
+        return _run_locked(spec, spec_text, out_dir, cache_dir, limit, api_key,
+                           _Display(log_handler, verbose, progress_every_s), judge_api_key)
+
+
+class _Display:
+    """How the pipeline shows itself: its log file, -v, the progress line's period."""
+
+    def __init__(self, log_handler: logging.Handler, verbose: bool, every_s: float) -> None:
+        self.log_handler, self.verbose, self.every_s = log_handler, verbose, every_s
+
+
+def discard_run(cache_dir: Path, out_dir: Path) -> None:
+    """Remove an earlier run's samples and dataset (``--fresh``); call under the lock, which stays."""
+    import shutil
+
+    from pipelines.run_lock import LOCK_NAME
+
+    for path in cache_dir.iterdir():
+        if path.name != LOCK_NAME:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    (meta_dir(out_dir) / "stats.json").unlink(missing_ok=True)  # first: the folder is no longer complete
+    for shard in out_dir.glob("data-*.parquet"):
+        shard.unlink()
 
 
 def _run_locked(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path, limit: int | None,
-                api_key: str | None, judge_api_key: str | None = None) -> dict[str, Any]:
+                api_key: str | None, display: _Display | None = None,
+                judge_api_key: str | None = None) -> dict[str, Any]:
     kept_ids = _kept_problem_ids(spec, limit, cache_dir) if spec.source.is_local else None
     total = len(kept_ids) if kept_ids is not None else limit
     failed = failed_problem_ids(cache_dir)
@@ -141,7 +180,12 @@ def _run_locked(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Pat
                  "?" if total is None else total - len(done), len(done))
         pipeline = build_pipeline(spec, cache_dir, limit, done, api_key=api_key, total=total,
                                   judge_api_key=judge_api_key)
-        pipeline.run(use_cache=False)
+        if display is not None:
+            pipeline.log_handler, pipeline.verbose = display.log_handler, display.verbose
+        with RunProgress(cache_dir, len(done), total, every_s=display.every_s if display else DEFAULT_EVERY_S):
+            pipeline.run(use_cache=False)
+        if pipeline.stop_reason is not None:  # Ctrl-C, SIGTERM, or a worker that stopped it (disk full)
+            raise pipeline.stop_reason
         _check_complete(spec, total, cache_dir)
     else:
         log.info("all %d problems already done; writing the dataset", len(done))

@@ -347,5 +347,27 @@ def load_spec(name_or_path: str) -> tuple[DatasetSpec, str]:
     return spec, text
 
 
+def parse_sets(pairs: list[str]) -> dict[str, object]:
+    """``--set a.b=VALUE`` pairs (values in YAML) as ``{"a.b": value}``."""
+    overrides: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set: {pair!r} is not KEY=VALUE, e.g. rounds=3 or students.max_steps=50")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def apply_sets(data: dict, overrides: dict[str, object]) -> dict:
+    """Dotted overrides (``{"students.max_steps": 50}``) written into a config mapping, in place."""
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return data
+
+
 def shipped_specs() -> list[Path]:
     return sorted(SPECS_DIR.glob("*.yaml"))

@@ -6,6 +6,8 @@ so a run killed at any point leaves only complete parts; a rerun skips the probl
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import statistics
@@ -62,7 +64,8 @@ def flatten(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return records
 
 
-def _schema_for(records: list[dict[str, Any]]) -> pa.Schema:
+def records_schema(records: list[dict[str, Any]]) -> pa.Schema:
+    """The part schema for these records: the base columns plus the optional ones they carry."""
     fields = list(BASE_SCHEMA)
     present = set().union(*(r.keys() for r in records)) if records else set()
     fields += [pa.field(n, t) for n, t in LOGPROB_FIELDS + PRM_FIELDS + VERIFY_FIELDS if n in present]
@@ -75,15 +78,26 @@ def write_part(cache_dir: Path, records: list[dict[str, Any]]) -> Path | None:
         return None
     parts = cache_dir / PARTS
     parts.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(records, schema=_schema_for(records))
+    table = pa.Table.from_pylist(records, schema=records_schema(records))
     first = min(r["problem_index"] for r in records)
     final = parts / f"part-{first:010d}-{uuid.uuid4().hex[:8]}.parquet"
     tmp = parts / f".{final.name}.tmp"
-    pq.write_table(table, tmp)
-    with tmp.open("rb") as handle:
-        os.fsync(handle.fileno())
+    try:
+        pq.write_table(table, tmp)
+        with tmp.open("rb") as handle:
+            os.fsync(handle.fileno())
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half part behind (and frees what it took)
+        raise as_os_error(exc, parts) from None
     os.replace(tmp, final)
     return final
+
+
+def as_os_error(exc: BaseException, path: Path) -> BaseException:
+    """A full disk as ``OSError(ENOSPC)`` naming the folder (pyarrow names no file, sometimes gives no errno)."""
+    if isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or "No space left on device" in str(exc)):
+        return OSError(errno.ENOSPC, "No space left on device", str(path))
+    return exc
 
 
 def part_files(cache_dir: Path) -> list[Path]:
@@ -93,10 +107,14 @@ def part_files(cache_dir: Path) -> list[Path]:
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace ``path`` in one step: a reader (or a run killed midway) sees the old file or the new one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
@@ -163,24 +181,32 @@ def finalize(cache_dir: Path, out_dir: Path, rows_per_file: int, run_info: dict[
     writer, rows_in_file = None, 0
     collector = StatsCollector()
     versions = _versions(parts)
-    for index, table in enumerate(_tables(parts, schema)):
-        # Every problem once: only the rows of its chosen version (see _versions).
-        table = table.filter(pa.array([versions[pid][1] == index for pid in table.column("problem_id").to_pylist()],
-                                      type=pa.bool_()))
-        collector.add(table)
-        offset = 0
-        while offset < table.num_rows:  # fill each shard to exactly rows_per_file rows, parts notwithstanding
-            if writer is None or rows_in_file >= rows_per_file:
-                if writer:
-                    writer.close()
-                written.append(out_dir / f".data-{len(written):05d}-{tag}.tmp")
-                writer, rows_in_file = pq.ParquetWriter(written[-1], schema), 0
-            chunk = table.slice(offset, rows_per_file - rows_in_file)
-            writer.write_table(chunk)
-            rows_in_file += chunk.num_rows
-            offset += chunk.num_rows
-    if writer:
-        writer.close()
+    try:
+        for index, table in enumerate(_tables(parts, schema)):
+            # Every problem once: only the rows of its chosen version (see _versions).
+            keep = [versions[pid][1] == index for pid in table.column("problem_id").to_pylist()]
+            table = table.filter(pa.array(keep, type=pa.bool_()))
+            collector.add(table)
+            offset = 0
+            while offset < table.num_rows:  # fill each shard to exactly rows_per_file rows, parts notwithstanding
+                if writer is None or rows_in_file >= rows_per_file:
+                    if writer:
+                        writer.close()
+                    written.append(out_dir / f".data-{len(written):05d}-{tag}.tmp")
+                    writer, rows_in_file = pq.ParquetWriter(written[-1], schema), 0
+                chunk = table.slice(offset, rows_per_file - rows_in_file)
+                writer.write_table(chunk)
+                rows_in_file += chunk.num_rows
+                offset += chunk.num_rows
+        if writer:
+            writer.close()
+    except BaseException as exc:  # a full disk: no half shard stays; the old shards and the parts are intact
+        if writer:
+            with contextlib.suppress(Exception):
+                writer.close()
+        for tmp in written:
+            tmp.unlink(missing_ok=True)
+        raise as_os_error(exc, out_dir) from None
     for old in stale:
         old.unlink()
     for i, tmp in enumerate(written):

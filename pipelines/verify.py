@@ -8,8 +8,6 @@ import re
 import threading
 from typing import TYPE_CHECKING
 
-from math_verify import parse, verify
-
 if TYPE_CHECKING:
     from pipelines.spec import CodeConfig, SimilarityConfig
 
@@ -47,6 +45,10 @@ def _normalise(text: str) -> str:
 
 
 def _math_equal(answer: str, gold: str) -> bool | None:
+    # Imported here: math-verify (sympy, latex2sympy) takes a second to import, which `distill run` would spend
+    # before its first teacher request; the curate worker pays it at its first batch instead.
+    from math_verify import parse, verify
+
     # math-verify's timeouts use SIGALRM, which only works on the main thread.
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
     # math-verify needs a LaTeX anchor to read bare LaTeX such as "\\frac34": wrap the gold in $…$.

@@ -55,7 +55,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("prm-score")
     def prm_score(
-        in_dir: Path = typer.Option(..., "--in", help="A dataset folder written by `distill run`."),
+        in_dir: Path = typer.Option(..., "--in", help="A dataset folder written by `distill run`, or any "
+                                    "parquet/jsonl file or folder (or Hub id) with a problem and a thought or "
+                                    "assistant messages."),
         out_dir: Path = typer.Option(..., "--out", help="Where to write the scored dataset (may be --in)."),
         model: Optional[str] = typer.Option(None, help="PRM path or Hub id."),
         style: Optional[str] = typer.Option(None, help="math-shepherd | qwen-prm."),
@@ -85,10 +87,10 @@ def register(app: typer.Typer) -> None:
                              aggregation=aggregation, split=split, split_pattern=split_pattern, batch_size=batch_size,
                              max_tokens=max_tokens, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                              score_rejected=score_rejected)
-            from prm.dataset import dataset_shards
+            from prm.dataset import foreign_records
 
-            dataset_shards(in_dir)
-            stats = score_dataset(_scorer(cfg), in_dir, out_dir)
+            foreign = foreign_records(in_dir)  # checked before the model loads
+            stats = score_dataset(_scorer(cfg), in_dir, out_dir, foreign=foreign)
         except (SpecError, PrmServerError) as exc:
             _fail(str(exc))
         prm = stats["prm"]

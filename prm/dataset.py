@@ -3,6 +3,8 @@
 DIR2 gets the same layout as DIR (``data-*.parquet`` + ``__meta__/stats.json``), written through
 pipelines.store: scored records go to part files under ``DIR2/.cache/prm-score``, then ``finalize``
 merges them and recomputes the stats (the ``prm`` rejections included). DIR2 may be DIR.
+``--in`` may also be a dataset from elsewhere (``pipelines/foreign.py``): any parquet/jsonl file or folder, or a
+Hub id, with a problem and a thought or assistant messages.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.foreign import is_factory_folder, load_records
+from pipelines.progress import Progress
 from pipelines.spec import SpecError
 from pipelines.store import finalize, meta_dir, part_files, write_part
 from prm.filter import score_samples
@@ -30,6 +34,11 @@ def dataset_shards(in_dir: Path) -> list[Path]:
     if not shards:
         raise SpecError(f"--in: no data-*.parquet files in {in_dir}; give a folder written by `distill run`")
     return shards
+
+
+def foreign_records(in_dir: Path) -> list[dict[str, Any]] | None:
+    """None for a factory folder (streamed shard by shard); else the dataset in the factory's columns."""
+    return None if is_factory_folder(in_dir) else load_records(in_dir, flag="--in")
 
 
 def _set_pass_rates(parts: list[Path], counts: dict[str, list[int]]) -> None:
@@ -63,15 +72,32 @@ def _previous_run_info(in_dir: Path) -> dict[str, Any]:
     return {k: v for k, v in json.loads(stats_file.read_text()).items() if k not in COMPUTED_STATS}
 
 
-def score_dataset(scorer: Any, in_dir: Path, out_dir: Path, chunk_rows: int = 512) -> dict[str, Any]:
-    """Score every shard of ``in_dir`` into ``out_dir``; returns the new stats (with a ``prm`` section)."""
-    shards = dataset_shards(in_dir)
-    run_info = _previous_run_info(in_dir)
-    spec_text = (meta_dir(in_dir) / "spec.yaml").read_text() if (meta_dir(in_dir) / "spec.yaml").exists() else None
-    rows_per_file = _rows_per_file(spec_text, shards)
+def score_dataset(scorer: Any, in_dir: Path, out_dir: Path, chunk_rows: int = 512,
+                  foreign: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Score every shard of ``in_dir`` (or the ``foreign`` records read from it) into ``out_dir``; returns the new
+    stats (with a ``prm`` section)."""
+    if foreign is None and not is_factory_folder(in_dir):
+        foreign = foreign_records(in_dir)
+    if foreign is None:
+        shards = dataset_shards(in_dir)
+        run_info = _previous_run_info(in_dir)
+        spec_path = meta_dir(in_dir) / "spec.yaml"
+        spec_text = spec_path.read_text() if spec_path.exists() else None
+        rows_per_file = _rows_per_file(spec_text, shards)
+        total = sum(pq.ParquetFile(shard).metadata.num_rows for shard in shards)
+        batches = (b.to_pylist() for shard in shards for b in pq.ParquetFile(shard).iter_batches(batch_size=chunk_rows))
+    else:
+        from pipelines.spec import OutputConfig
+
+        run_info = {"source": in_dir.name, "teacher_model": next((r["teacher_model"] for r in foreign
+                                                                  if r.get("teacher_model")), None)}
+        spec_text, rows_per_file, total = None, OutputConfig().rows_per_file, len(foreign)
+        batches = (foreign[i:i + chunk_rows] for i in range(0, len(foreign), chunk_rows))
     cache = out_dir / ".cache" / "prm-score"
     shutil.rmtree(cache, ignore_errors=True)
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    progress = Progress("prm-score", total, unit="samples")
+    done = [0, 0]  # samples, kept
 
     def score_and_write(records: list[dict[str, Any]]) -> None:
         records = score_samples(scorer, records, [r["problem"] for r in records], scorer.cfg.score_rejected)
@@ -79,20 +105,26 @@ def score_dataset(scorer: Any, in_dir: Path, out_dir: Path, chunk_rows: int = 51
             counts[record["problem_id"]][0] += bool(record.get("kept"))
             counts[record["problem_id"]][1] += 1
         write_part(cache, records)
+        done[0] += len(records)
+        done[1] += sum(bool(r.get("kept")) for r in records)
+        stats = scorer.stats.as_dict()
+        short = f"kept {done[1]} · {stats['traces_per_s']} traces/s"
+        progress.update(done[0], f"{done[0]}/{total} samples, kept {done[1]}, {stats['scored']} traces scored "
+                        f"({stats['traces_per_s']} traces/s)", short)
 
     # A part holds whole problems (finalize keeps one part's version of each problem). A problem's samples
     # are contiguous in the dataset, so the last problem of a chunk waits for the next chunk.
     pending: list[dict[str, Any]] = []
-    for shard in shards:
-        for batch in pq.ParquetFile(shard).iter_batches(batch_size=chunk_rows):
-            pending += batch.to_pylist()
+    with progress:
+        for batch in batches:
+            pending += batch
             last = pending[-1]["problem_id"]
             ready = next((i for i, r in enumerate(pending) if r["problem_id"] == last), len(pending))
             if ready:
                 score_and_write(pending[:ready])
                 pending = pending[ready:]
-    if pending:
-        score_and_write(pending)
+        if pending:
+            score_and_write(pending)
     _set_pass_rates(part_files(cache), counts)
     cfg = scorer.cfg
     run_info["prm"] = {"model": cfg.model, "style": cfg.style, "backend": cfg.backend,

@@ -201,8 +201,8 @@ def test_a_run_that_ends_short_says_so(tmp_path: Path):
                         "kept": True, "rejection_reason": None} for i in range(4)])
     with pytest.raises(RunIncomplete) as raised:
         _check_complete(spec, 6, cache)
-    assert str(raised.value) == (f"2 of 6 problems were not written (a pipeline step failed; see the log under "
-                                 f"{cache / 'distilabel'}); rerun the same command to retry them")
+    assert str(raised.value) == (f"2 of 6 problems were not written (a pipeline step failed; see "
+                                 f"{cache / 'run.log'}); rerun the same command to retry them")
     _check_complete(spec, 4, cache)  # complete: nothing raised
 
 

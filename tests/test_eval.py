@@ -20,6 +20,8 @@ PROBLEMS = [{"question": "What is 2 + 2?", "answer": "4"}, {"question": "What is
             {"question": "What is 6 + 1?", "answer": "7"}]
 MC = [{"question": "Which gas do we breathe in?", "choices": ["helium", "oxygen", "neon"], "answer": 1},
       {"question": "Which is a mammal?", "choices": ["whale", "shark", "trout"], "answer": 0}]
+DICTATION = [{"dictation": "um hi Sarah comma how are you question mark", "clean": "Hi Sarah, how are you?"},
+             {"dictation": "send it to Mike no sorry Mark period", "clean": "Send it to Mark."}]
 T = "<thought>alpha beta gamma delta</thought>\n\n"
 # per problem text, the four samples (content, finish_reason) of each crafted teacher
 GOOD: dict[str, list[tuple[str, str]]] = {
@@ -30,6 +32,8 @@ GOOD: dict[str, list[tuple[str, str]]] = {
     "Which gas do we breathe in?": [(T + "(B)", "stop"), (T + "The answer is B.", "stop"),
                                     (T + "\\boxed{oxygen}", "stop"), (T + "\\boxed{A}", "stop")],
     "Which is a mammal?": [(T + "A. whale", "stop")] * 4,
+    "um hi Sarah": [(T + "Hi Sarah, how are you?", "stop")] * 4,
+    "send it to Mike": [(T + "zzzz qqqq", "stop")] * 4,
 }
 BAD_THOUGHT = "<thought>alpha beta x y</thought>\n\n"
 
@@ -64,12 +68,16 @@ def crafted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 in_distribution={"specs": ["sums-train"]})
     mc = _set(root / "mc.yaml", "mc", write_jsonl(root / "mc.jsonl", MC), verification="choice",
               source={"choices_field": "choices", "answer_is_index": True})
+    dictation = _set(root / "dictation.yaml", "dictation", write_jsonl(root / "dictation.jsonl", DICTATION),
+                     verification="similarity", similarity={"metric": "chrf", "threshold": 0.6},
+                     source={"problem_field": "dictation", "answer_field": "clean"})
     train = root / "train"
     (train / "__meta__").mkdir(parents=True)
     pd.DataFrame({"problem": ["What is 3 + 5?", "What is 9 + 9?"]}).to_parquet(train / "data-00000-of-00001.parquet")
     (train / "__meta__" / "spec.yaml").write_text("name: sums-train\nsource: {path: elsewhere.jsonl}\n")
     with LoopbackTeacher(good, model="good-model") as g, LoopbackTeacher(bad, model="bad-model") as b:
-        args = ["eval", "--set", sums, "--set", mc, "--model", f"good={g.base_url}", "--model", f"bad={b.base_url}",
+        args = ["eval", "--set", sums, "--set", mc, "--set", dictation,
+                "--model", f"good={g.base_url}", "--model", f"bad={b.base_url}",
                 "--train", train, "--teacher-traces", "good", "--out", root / "out"]
         result = run_distill(*args)
         requests = len(g.requests) + len(b.requests)
@@ -122,6 +130,19 @@ def test_crafted_multiple_choice(crafted: dict[str, Any]) -> None:
     assert crafted["results"]["runs"]["bad"]["mc"]["all"]["pass@1"] == 0.0
 
 
+def test_crafted_dictation_similarity(crafted: dict[str, Any]) -> None:
+    from pipelines.eval.similarity import chrf, wer
+
+    run = crafted["results"]["runs"]["good"]["dictation"]["all"]
+    assert run["pass@1"] == 0.5 and run["pass@1_se"] == pytest.approx(0.5)  # one cleanup right, one garbage
+    assert run["chrf"] == pytest.approx((1.0 + chrf("zzzz qqqq", "Send it to Mark.")) / 2)
+    assert run["wer"] == pytest.approx((0.0 + 1.0) / 2) and wer("zzzz qqqq", "Send it to Mark.") == 1.0
+    assert "maj@k" not in run and "calibration" not in run  # free text: no votes
+    scores = pd.read_parquet(crafted["out"] / "scores" / "good" / "dictation.parquet")  # scores per row
+    assert sorted(scores.wer) == [0.0] * 4 + [1.0] * 4 and (scores.chrf[scores.wer == 0] == 1.0).all()
+    assert "| dictation | unlabelled" not in (crafted["out"] / "report.md").read_text()  # labelled: --train given
+
+
 def test_crafted_leakage_and_distribution(crafted: dict[str, Any]) -> None:
     sets = crafted["results"]["sets"]
     assert sets["sums"]["leakage"]["count"] == 1 and list(sets["sums"]["leakage"]["problems"]) == ["1"]
@@ -151,7 +172,7 @@ def test_crafted_outputs_are_dataset_folders_and_resume(crafted: dict[str, Any])
     assert (out / "runs" / "good" / "sums" / "__meta__" / "stats.json").is_file()
     scores = pd.read_parquet(out / "scores" / "good" / "sums.parquet")
     assert scores.correct.sum() == 7 and scores.leaked.sum() == 4
-    assert crafted["again"] == crafted["requests"] == 10  # one request (n=4) per problem, model and set
+    assert crafted["again"] == crafted["requests"] == 14  # one request (n=4) per problem, model and set
     assert "good: pass@1 sums 62.5 ± 37.5, mc 87.5 ± 12.5" in crafted["rerun"]
     changed = crafted["changed"]
     assert changed.returncode == 2 and changed.stderr.strip().splitlines()[-1].startswith("error: ")
@@ -187,3 +208,40 @@ def test_config_file_and_flag_override(tmp_path: Path) -> None:
         f"error: {config}: bins: Input should be greater than or equal to 2"
     result = run_distill("eval", "--config", config, "--samples", "0", "--out", tmp_path / "out", check=False)
     assert result.stderr.strip() == "error: --samples: must be at least 1, got 0"
+
+
+def test_sigterm_mid_eval_then_rerun_resumes(tmp_path: Path) -> None:
+    """SIGTERM while the first model is half done: the eval stops its run cleanly (exit 130); the same command
+    finishes it, every problem once, without asking again for the problems already written."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import DISTILL, ROOT, wait_for
+
+    problems = [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(16)]
+    eval_set = _set(tmp_path / "slow.yaml", "slow", write_jsonl(tmp_path / "slow.jsonl", problems), samples=2)
+
+    def slow(messages: list[dict[str, str]], index: int) -> str:
+        time.sleep(0.25)
+        return T + "\\boxed{" + messages[-1]["content"].split()[2] + "}"  # i + i answered as i: right for 0 only
+
+    out = tmp_path / "out"
+    with LoopbackTeacher(slow, model="slow") as teacher:
+        args = ["eval", "--set", str(eval_set), "--model", f"slow={teacher.base_url},batch_size=2,max_concurrency=1",
+                "--out", str(out)]
+        process = subprocess.Popen([*DISTILL, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        parts = out / "runs" / "slow" / "slow" / ".cache" / "parts"
+        wait_for(lambda: len(list(parts.glob("part-*.parquet"))) >= 2, 120, "the first part files")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 130 and "interrupted; rerun the same command to resume" in stderr
+        asked = len(teacher.requests)
+        assert asked < 16 and not (out / "results.json").exists()
+        run_distill(*args)  # the run lock is free: nothing of the interrupted run is left
+        rows = pd.read_parquet(out / "runs" / "slow" / "slow")
+        assert len(rows) == 32 and rows.groupby("problem_id").size().eq(2).all()
+        assert len(teacher.requests) < asked + 16  # the written problems were not asked again
+    results = json.loads((out / "results.json").read_text())
+    assert results["runs"]["slow"]["slow"]["all"]["pass@1"] == pytest.approx(1 / 16)

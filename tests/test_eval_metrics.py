@@ -141,8 +141,8 @@ def test_lab_addition_set_is_the_lab_held_out_split() -> None:
     path = Path(load_set("lab-addition").source.path)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert rows == problems(100, seed=0, held_out=True)
-    train = {p["question"] for p in problems(300, seed=0)}
-    assert len(train & {r["question"] for r in rows}) < 10  # a disjoint seed stream; 2-digit sums may coincide
+    train = {p["question"] for p in problems(5000, seed=0)}
+    assert not train & {r["question"] for r in rows}  # never among the train split's first 5,000
 
 
 def test_answer_keys_group_equal_answers() -> None:
@@ -194,3 +194,28 @@ def test_model_flag_syntax() -> None:
         validate({"sets": ["gsm8k"], "models": [r1, r1]}, {"models"})
     with pytest.raises(SpecError, match="is not key=value"):
         parse_model_flag("a=b,oops")
+
+
+def test_teacher_traces_prefer_kept_thoughts(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from pipelines.eval.evaluate import teacher_thoughts
+
+    pd.DataFrame({"problem": ["What is 2+2?", "What is 2 + 2 ?", "What is 3+3?", "What is 3+3?", "What is 3+3?"],
+                  "thought": ["kept one", "rejected one", "rejected a", None, "rejected b"],
+                  "kept": [True, False, False, False, False]}).to_parquet(tmp_path / "data-00000-of-00001.parquet")
+    thoughts = teacher_thoughts(tmp_path)  # the kept traces where there are some, else every thought
+    assert thoughts == {"what is 2 2": ["kept one"], "what is 3 3": ["rejected a", "rejected b"]}
+    with pytest.raises(SpecError, match="--teacher-traces: .* is not a dataset folder"):
+        teacher_thoughts(tmp_path / "nothing")
+
+
+def test_all_null_answers_score_as_wrong() -> None:
+    """An untrained model answers nothing: parquet reads an all-null column back as NaN, which is not an answer."""
+    from pipelines.eval.score import score_sample
+
+    row = {"problem_id": "0", "sample_index": 0, "problem": "1 + 2", "gold": "3", "answer": float("nan"),
+           "thought": float("nan"), "rejection_reason": "no_thought", "finish_reason": "stop", "completion_tokens": 7}
+    scored = score_sample(row, load_set("lab-addition"), ["a reference thought"])
+    assert scored["correct"] is False and scored["answer_key"] is None and scored["chain_rouge_l"] is None
+    assert scored["format_ok"] is False and scored["tokens"] == 7

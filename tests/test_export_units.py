@@ -224,6 +224,13 @@ def test_export_kd_and_config_from_the_cli(tmp_path: Path, tiny_model_dir: Path)
     other = run_distill("config", "kd", "--dataset", tmp_path / "kd", "--student", "Qwen/Qwen2.5-1.5B-Instruct",
                         "--out", tmp_path / "x.yaml", check=False)
     assert other.returncode == 2 and other.stderr.startswith("error: --student:")
+    # another checkpoint with the very tokenizer the targets were aligned with is fine (a student's next round)
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "checkpoint")
+    run_distill("config", "kd", "--dataset", tmp_path / "kd", "--student", tmp_path / "checkpoint",
+                "--out", tmp_path / "next.yaml")
+    assert yaml.safe_load((tmp_path / "next.yaml").read_text())["base_model"] == str(tmp_path / "checkpoint")
 
 
 @pytest.mark.parametrize("args, message", [

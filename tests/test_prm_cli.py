@@ -141,7 +141,8 @@ def test_prm_score_adds_columns_refilters_and_can_rescore_in_place(tmp_path: Pat
 def test_prm_score_errors_are_one_line(tmp_path: Path, tiny_model_dir: Path) -> None:
     data = _dataset(tmp_path)
     cases = [
-        (["--model", tiny_model_dir, "--in", tmp_path / "nothing", "--out", tmp_path / "o"], "--in: no data-"),
+        (["--model", tiny_model_dir, "--in", tmp_path / "nothing", "--out", tmp_path / "o"],
+             f"--in: {tmp_path / 'nothing'} does not exist"),
         (["--model", tiny_model_dir, "--in", data, "--out", tmp_path / "o", "--threshold", "1.5"], "--threshold:"),
         (["--model", tiny_model_dir, "--style", "orm", "--in", data, "--out", tmp_path / "o"], "--style:"),
         (["--in", data, "--out", tmp_path / "o"], "--model: missing"),

@@ -16,6 +16,7 @@ from conftest import run_distill, write_jsonl, write_spec
 
 from pipelines.loopback.hub import LoopbackHub
 from pipelines.loopback.teacher import LoopbackTeacher
+from pipelines.publish.redact import redact_spec
 
 TOKEN = "hf_loopbackSecretToken1234567890"
 REPO = "tester/gsm-traces"
@@ -143,8 +144,9 @@ def test_dry_run_folder_loads_and_card_holds_the_stats(dataset: Path, tmp_path: 
         assert f"| {key} | {value} |" in card_text
     assert "MATH-500" in card_text and "`2`" in card_text  # the dropped problem is listed
     assert "**1** exact" not in card_text and "**1** near" in card_text
-    assert (folder / "spec.yaml").read_text() in card_text  # the spec, verbatim
-    assert (folder / "spec.yaml").read_text() == (dataset / "__meta__" / "spec.yaml").read_text()
+    assert (folder / "spec.yaml").read_text() in card_text  # the spec, with local context removed (redact.py)
+    assert (folder / "spec.yaml").read_text() == redact_spec((dataset / "__meta__" / "spec.yaml").read_text())
+    assert "path: problems.jsonl" in card_text and "base_url" not in card_text
     assert "loopback-teacher" in card_text and "![Trace lengths](trace_lengths.png)" in card_text
     assert (folder / "trace_lengths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -145,7 +145,7 @@ def test_user_data_never_names_a_file(tmp_path: Path):
     assert sorted(pd.read_parquet(out).problem_id.unique()) == sorted(ids)
     names = {p.name for p in out.rglob("*") if p.is_file() and ".cache/distilabel" not in str(p)}
     pattern = r"data-\d{5}-of-\d{5}\.parquet|part-\d{10}-[0-9a-f]{8}\.parquet|stats\.json|spec\.yaml|" \
-              r"run_state\.json|run\.lock|filters\.json"
+              r"run_state\.json|run\.lock|filters\.json|fingerprint\.json|run\.log"
     assert all(re.fullmatch(pattern, name) for name in names), names
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl", "p.yaml", "work"]
     assert [p.name for p in work.iterdir()] == ["out"]

@@ -17,7 +17,9 @@ def _fail(message: str) -> None:
 
 
 def export(
-    dataset_dir: Path = typer.Argument(..., help="A dataset folder written by `distill run`."),
+    dataset_dir: Path = typer.Argument(..., help="A dataset folder written by `distill run`, or any parquet/jsonl "
+                                       "file or folder (or Hub id) with a problem and a thought or assistant "
+                                       "messages."),
     format: str = typer.Option("sft", "--format", help="sft (messages) | kd (messages + aligned top-k logprobs)."),  # noqa: A002
     out: Path = typer.Option(..., help="Folder for the Axolotl files and export.json."),
     student: Optional[str] = typer.Option(None, help="Student model (path or Hub id); required for kd."),

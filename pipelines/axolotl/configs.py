@@ -136,9 +136,21 @@ def _check_export(method: str, manifest: dict[str, Any], student: str) -> None:
     if method == "kd" and manifest["format"] != "kd":
         raise SpecError("--dataset: an SFT export has no teacher logprobs; export with --format kd for offline KD, "
                         "or use METHOD kd-online")
-    if method == "kd" and manifest.get("student") != student:
+    if method == "kd" and manifest.get("student") != student and not _same_tokenizer(manifest, student):
         raise SpecError(f"--student: the KD export was aligned to {manifest.get('student')!r}'s tokens; use that "
-                        f"student or re-export with --student {student}")
+                        f"student (or one with the same tokenizer) or re-export with --student {student}")
+
+
+def _same_tokenizer(manifest: dict[str, Any], student: str) -> bool:
+    """Another checkpoint is fine when its tokenizer is the one the targets were aligned with (same hash)."""
+    from pipelines.axolotl.export import tokenizer_sha256
+    from pipelines.axolotl.shared_tokenizer import load_tokenizer
+
+    expected = ((manifest.get("kd") or {}).get("distribution") or {}).get("tokenizer_sha256")
+    try:
+        return expected is not None and tokenizer_sha256(load_tokenizer(student)) == expected
+    except (SpecError, OSError, ValueError):
+        return False
 
 
 def stage_values(method: str, manifest: dict[str, Any], export_dir: Path, student: str, output_dir: Path,

@@ -53,11 +53,14 @@ class ExportOptions(BaseModel):
 
 
 def read_kept(dataset_dir: Path) -> Iterator[dict[str, Any]]:
-    """The kept samples of a dataset folder, one dict each, streamed shard by shard."""
+    """The kept samples of a dataset folder, one dict each, streamed shard by shard; a dataset from elsewhere
+    (``pipelines/foreign.py``) in the factory's columns."""
+    from pipelines.foreign import is_factory_folder, load_records
+
+    if not is_factory_folder(dataset_dir):
+        yield from (row for row in load_records(dataset_dir, flag="DATASET_DIR") if row.get("kept"))
+        return
     shards = sorted(dataset_dir.glob("data-*.parquet"))
-    if not shards:
-        raise SpecError(f"DATASET_DIR: no data-*.parquet shards in {dataset_dir}; run `distill run SPEC --out DIR` "
-                        "first")
     for shard in shards:
         for batch in pq.ParquetFile(shard).iter_batches(batch_size=256):
             for row in batch.to_pylist():
@@ -137,12 +140,17 @@ def export_rows(rows: list[dict[str, Any]], options: ExportOptions, tokenizer: A
         out.append(record)
         turns.append(turn)
     if options.format == "kd" and scorer is not None:
-        for start in range(0, len(out), SCORE_CHUNK):
-            chunk = turns[start:start + SCORE_CHUNK]
-            scores = scorer.score([t.input_ids for t in chunk], top_k)
-            for record, turn, per_position in zip(out[start:start + SCORE_CHUNK], chunk, scores, strict=True):
-                targets = targets_from_scores(turn, per_position, top_k, len(tokenizer))
-                record.update(axolotl_columns(targets), kd_targets=targets.source)
+        from pipelines.progress import Progress
+
+        with Progress("kd scoring", len(out), unit="traces") as progress:
+            for start in range(0, len(out), SCORE_CHUNK):
+                chunk = turns[start:start + SCORE_CHUNK]
+                scores = scorer.score([t.input_ids for t in chunk], top_k)
+                for record, turn, per_position in zip(out[start:start + SCORE_CHUNK], chunk, scores, strict=True):
+                    targets = targets_from_scores(turn, per_position, top_k, len(tokenizer))
+                    record.update(axolotl_columns(targets), kd_targets=targets.source)
+                done = min(start + SCORE_CHUNK, len(out))
+                progress.update(done, f"{done}/{len(out)} traces scored by the teacher", "scored by the teacher")
     return out
 
 

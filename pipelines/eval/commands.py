@@ -61,8 +61,7 @@ def eval_command(
             raise SpecError("--model: give at least one model (NAME=http://host:port/v1 or NAME=MODEL_DIR)")
         cfg = validate({**data, **flags}, set(flags), config)
         api_keys = {m.name: os.environ.get(m.api_key_env) for m in cfg.models}
-        _MAIN_PID[0] = os.getpid()
-        signal.signal(signal.SIGTERM, _interrupt)  # servers the eval started stop on SIGTERM too
+        _stop_on_sigterm(os.getpid())  # servers the eval started stop on SIGTERM too
         from pipelines.eval.evaluate import evaluate
         from pipelines.eval.report import headline, pct
 
@@ -84,15 +83,18 @@ def eval_command(
     typer.echo(f"wrote {cfg.out}/report.md, results.json and plots/")
 
 
-_MAIN_PID = [0]
+def _stop_on_sigterm(main_pid: int) -> None:
+    """SIGTERM becomes KeyboardInterrupt in this process, so that ``finally`` stops the vLLM servers; the
+    pipeline's worker processes (forked, so they inherit the handler) keep the default: they just end."""
 
+    def handler(signum: int, frame: object) -> None:
+        if os.getpid() != main_pid:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise KeyboardInterrupt
 
-def _interrupt(signum: int, frame: object) -> None:
-    if os.getpid() != _MAIN_PID[0]:  # a pipeline worker forked after the handler was set: end as SIGTERM ends it
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        return
-    raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
 
 
 def register(app: typer.Typer) -> None:

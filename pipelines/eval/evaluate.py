@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipelines.errors import redact_url
 from pipelines.eval.config import EvalConfig
 from pipelines.eval.leakage import TrainFolder, distribution, leaked, read_train_folder
 from pipelines.eval.models import check_path, probe
@@ -17,6 +18,8 @@ from pipelines.eval.sets import EvalSet, load_set
 from pipelines.spec import SpecError
 
 log = logging.getLogger("distill")
+SCORED_COLUMNS = ["problem_id", "sample_index", "problem", "gold", "answer", "thought", "rejection_reason",
+                  "finish_reason", "completion_tokens", "token_logprobs", "kept"]
 
 
 def teacher_thoughts(folder: Path) -> dict[str, list[str]]:
@@ -24,12 +27,15 @@ def teacher_thoughts(folder: Path) -> dict[str, list[str]]:
     if not sorted(folder.glob("data-*.parquet")):
         raise SpecError(f"--teacher-traces: {folder} is not a dataset folder (no data-*.parquet)")
     rows = pd.read_parquet(folder, columns=["problem", "thought", "kept"])
-    thoughts: dict[str, list[str]] = {}
-    for kept_only in (True, False):
-        for row in rows[rows.kept.fillna(False)].itertuples() if kept_only else rows.itertuples():
+    kept: dict[str, list[str]] = {}
+    every: dict[str, list[str]] = {}
+    for row in rows.itertuples():
+        if isinstance(row.thought, str) and row.thought.strip():
             key = problem_key(row.problem)
-            if isinstance(row.thought, str) and row.thought.strip() and (kept_only or key not in thoughts):
-                thoughts.setdefault(key, []).append(row.thought)
+            every.setdefault(key, []).append(row.thought)
+            if row.kept is not None and row.kept is not pd.NA and bool(row.kept):
+                kept.setdefault(key, []).append(row.thought)
+    thoughts = {key: kept.get(key) or values for key, values in every.items()}
     return {key: values[:4] for key, values in thoughts.items()}  # 4 references bound the ROUGE-L cost
 
 
@@ -46,7 +52,12 @@ def _traces_for(cfg: EvalConfig, plan: Plan) -> dict[str, list[str]] | None:
 
 def score_run(cfg: EvalConfig, plan: Plan, leaks: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Scores of one run (also written to OUT/scores/<model>/<set>.parquet) and its metrics, all and clean."""
-    rows = pd.read_parquet(plan.out_dir).to_dict("records")
+    import pyarrow.parquet as pq
+
+    shards = sorted(plan.out_dir.glob("data-*.parquet"))
+    present = set(pq.read_schema(shards[0]).names) if shards else set()
+    columns = [c for c in SCORED_COLUMNS if c in present]  # not the top-k lists: they can be gigabytes
+    rows = pd.read_parquet(plan.out_dir, columns=columns).to_dict("records")
     traces = _traces_for(cfg, plan)
     samples = [score_sample(row, plan.eval_set, traces.get(problem_key(row["problem"]), []) if traces else None)
                for row in rows]
@@ -78,7 +89,7 @@ def evaluate(cfg: EvalConfig, api_keys: dict[str, str | None] | None = None) -> 
             check_path(model)
     prepared = prepare_sets(cfg, sets)
     plans = plan_runs(cfg, sets, prepared)
-    generate(plans, cfg.out / "serve", api_keys or {})
+    generate(plans, cfg.out, api_keys or {})
     set_info = {}
     for eval_set in sets:
         _, sha, problems = prepared[eval_set.name]
@@ -100,7 +111,7 @@ def evaluate(cfg: EvalConfig, api_keys: dict[str, str | None] | None = None) -> 
                                                            "logprobs")},
             "folder": str(plan.out_dir)}
     for model in cfg.models:
-        results["models"][model.name] = {"url": model.url, "path": model.path,
+        results["models"][model.name] = {"url": model.url and redact_url(model.url), "path": model.path,
                                          "backend": "url" if model.url else model.backend,
                                          "served_model": model.served_model}
     results["teacher_traces"] = cfg.teacher_traces

@@ -1,15 +1,23 @@
-"""Generation for an eval: one factory run (pipelines/run.py's ``run_spec``) per (model, set).
+"""Generation for an eval: one factory run (``distill run SPEC``, i.e. pipelines/run.py's ``run_spec``) per
+(model, set).
 
 Each run is a normal dataset folder, ``OUT/runs/<model>/<set>/``, made by the same Distilabel pipeline as
 ``distill run``: the rolling window of requests, retries with backoff, atomic part files and resume. A killed
 eval reruns with the same command and continues; a run folder made with other generation settings is refused
-rather than mixed (``.cache/eval-run.json`` holds them).
+rather than mixed (``.cache/eval-run.json`` holds them). Each run is its own ``distill run`` process (spec in
+``OUT/specs/``, log in ``OUT/logs/``): distilabel closes its logging queue and worker pools when a pipeline
+ends, and a second pipeline in the same process hangs at shutdown with an in-process (transformers) model.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,9 +125,54 @@ def _budget_fits(plan: Plan, endpoint: Endpoint) -> None:
                         "model with a longer max_model_len")
 
 
-def generate(plans: list[Plan], log_dir: Path, api_keys: dict[str, str | None]) -> None:
+def _stop_group(child: subprocess.Popen[bytes], grace_s: float = 60.0) -> None:
+    """SIGINT to the run's process group, SIGKILL to what still lives after ``grace_s``."""
+    from pipelines.serve.server import live_group_members
+
+    for sig, wait in ((signal.SIGINT, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while live_group_members(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not live_group_members(child.pid):
+            break
+    try:
+        child.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def run_in_subprocess(spec_text: str, plan: Plan, specs_dir: Path, logs_dir: Path) -> None:
+    """``distill run SPEC --out DIR`` for one plan, its output in a log file; a failure is the run's error line."""
+    name = f"{plan.model.name}-{plan.eval_set.name}"
+    spec_path, log_path = specs_dir / f"{name}.yaml", logs_dir / f"{name}.log"
+    specs_dir.mkdir(parents=True, exist_ok=True)
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(spec_path, spec_text)
+    with log_path.open("ab") as log_file:
+        # Its own process group: on Ctrl-C or SIGTERM the whole run (distilabel's workers too) gets SIGINT,
+        # distilabel's graceful stop, and what is left of it SIGKILL after a grace period (resume-safe).
+        child = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(spec_path), "--out",
+                                  str(plan.out_dir)], stdout=log_file, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            code = child.wait()
+        except BaseException:
+            _stop_group(child)
+            raise
+    if code != 0:
+        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        error = next((line.removeprefix("error: ") for line in reversed(lines) if line.startswith("error: ")),
+                     f"exit status {code}")
+        raise SpecError(f"{plan.model.name} on {plan.eval_set.name}: {error} (log: {log_path})")
+
+
+def generate(plans: list[Plan], out: Path, api_keys: dict[str, str | None]) -> None:
     """Run every plan, model by model (at most one vLLM server the eval started is up at a time)."""
-    from pipelines.run import run_spec, work_left
+    from pipelines.run import work_left
 
     for model in dict.fromkeys(p.model.name for p in plans):
         runs = [p for p in plans if p.model.name == model]
@@ -127,11 +180,12 @@ def generate(plans: list[Plan], log_dir: Path, api_keys: dict[str, str | None]) 
             check_key(plan)
         pending = [p for p in runs if work_left(dataset_spec(p, Endpoint("openai", p.model.name))[0], None,
                                                 p.out_dir / ".cache")]
-        key = api_keys.get(model)
-        with open_model(runs[0].model, log_dir, key, needed=bool(pending)) as endpoint:
+        with open_model(runs[0].model, out / "serve", api_keys.get(model), needed=bool(pending)) as endpoint:
             for plan in runs:
                 if plan in pending:
                     _budget_fits(plan, endpoint)
-                spec, text = dataset_spec(plan, endpoint)
-                log.info("eval: %s on %s (%d samples per problem)", model, plan.eval_set.name, plan.samples)
-                run_spec(spec, text, plan.out_dir, api_key=key)
+                    log.info("eval: %s on %s (%d samples per problem)", model, plan.eval_set.name, plan.samples)
+                elif (plan.out_dir / "__meta__" / "stats.json").is_file():
+                    continue  # finished earlier (stats.json is written last): nothing to ask, nothing to rewrite
+                _, text = dataset_spec(plan, endpoint)
+                run_in_subprocess(text, plan, out / "specs", out / "logs")

@@ -27,6 +27,18 @@ def apply_verdict(sample: dict[str, Any], verdict: Any, threshold: float, decide
     return sample
 
 
+def judge_samples(samples: list[dict[str, Any]], judge: JudgeConfig, verification: str,
+                  api_key: str | None = None) -> None:
+    """Judge, in place, the samples (each with its ``problem`` and ``gold``) that curation marked."""
+    todo = [i for i, s in enumerate(samples) if s.get(NEEDS_JUDGE)]
+    chats = [judge_messages(judge, samples[i]["problem"], samples[i]["answer"] or "",
+                            None if verification == "code" else samples[i].get("gold"), samples[i].get("thought"))
+             for i in todo]
+    for i, verdict in zip(todo, JudgeClient(judge, api_key).judge(chats), strict=True):
+        decides = verification == "judge" or samples[i].get("correct") is None
+        samples[i] = apply_verdict(samples[i], verdict, judge.threshold, decides)
+
+
 class JudgeTraces(Step):
     """Sends every marked sample of a batch to the judge (``judge.max_concurrency`` in flight)."""
 

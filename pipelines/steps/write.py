@@ -6,6 +6,8 @@ from pathlib import Path
 from distilabel.steps import Step, StepInput
 from distilabel.typing import StepOutput
 
+from pipelines.errors import error_line
+from pipelines.process_tree import request_stop
 from pipelines.store import flatten, write_part
 
 
@@ -30,7 +32,11 @@ class WriteParts(Step):
 
     def process(self, inputs: StepInput) -> StepOutput:  # type: ignore[override]
         records = flatten(inputs)
-        write_part(Path(self.cache_dir), records)
+        try:
+            write_part(Path(self.cache_dir), records)
+        except OSError as exc:  # a full disk: stop the whole run (distilabel would drop the batch and go on)
+            request_stop(error_line(exc))
+            raise
         self._problems += len(inputs)
         self._samples += len(records)
         self._kept += sum(bool(r["kept"]) for r in records)

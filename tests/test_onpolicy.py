@@ -1,0 +1,95 @@
+"""`distill onpolicy` end to end on tiny models: the student (here the teacher itself, so the answer is known) is
+served by the real vLLM and samples, the real vLLM teacher scores its exact tokens, the real Axolotl trains KD;
+a SIGTERM in the middle of a round and a rerun resume it without sampling again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import DISTILL, ROOT, Served, lab_spec, require_venv, run_distill, wait_for
+from test_vllm_teacher import check_targets_against_forward_pass
+
+pytestmark = [pytest.mark.vllm, pytest.mark.train, pytest.mark.slow]
+
+
+def onpolicy_config(tmp_path: Path, teacher: Served, **extra: object) -> Path:
+    prompts = lab_spec(tmp_path / "prompts.yaml", teacher, n_problems=24, seed=11)
+    eval_set = {"name": "sums", "family": "lab-addition", "verification": "math", "samples": 2,
+                "max_new_tokens": 64, "source": {"path": str(prompts.parent / "prompts-problems.jsonl"),
+                                                 "problem_field": "question", "answer_field": "answer"},
+                "prompt": yaml.safe_load(prompts.read_text())["prompt"]}
+    (tmp_path / "sums.yaml").write_text(yaml.safe_dump(eval_set))
+    config = {"name": "tiny-onpolicy", "student": str(teacher.model_dir),
+              "teacher": {"base_url": teacher.base_url, "model": teacher.name}, "prompts": str(prompts),
+              "rounds": 1,
+              "sampling": {"prompts_per_round": 12, "samples_per_prompt": 2, "temperature": 1.0,
+                           "max_new_tokens": 64, "max_model_len": 1024},
+              # the teacher as its own student with the learning rate at 0: the KD loss must be ≈ 0
+              "training": {"cpu": True, "max_steps": 2, "learning_rate": 0.0, "kd_alpha": 1.0, "top_k": 5,
+                           "max_seq_len": 512},
+              "evaluation": {"set": str(tmp_path / "sums.yaml"), "samples": 2, "limit": 8},
+              "out": str(tmp_path / "out"), **extra}
+    path = tmp_path / "onpolicy.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def student_servers() -> list[str]:
+    """Command lines of live processes serving this test's student."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "tiny-onpolicy-student" in text and "api_server" in text:
+            found.append(text)
+    return found
+
+
+def test_a_round_end_to_end_resumes_after_sigterm(vllm_teacher: Served, tmp_path: Path) -> None:
+    require_venv(".venv-train", "setup-train")
+    config = onpolicy_config(tmp_path, vllm_teacher)
+    round_dir = tmp_path / "out" / "round-1"
+    run = subprocess.Popen([*DISTILL, "onpolicy", str(config)], cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:  # stop it while the student's server samples (parts written, the round not done)
+        wait_for(lambda: any((round_dir / "samples" / ".cache" / "parts").glob("part-*.parquet")), 300,
+                 "the student's first samples")
+        os.kill(run.pid, signal.SIGTERM)
+        output, _ = run.communicate(timeout=180)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode != 0 and "interrupted; rerun the same command to resume" in output, output[-2000:]
+    assert not (round_dir / "samples" / "__meta__" / "stats.json").exists()
+    assert not student_servers(), "the student's vLLM server outlived the stopped run"
+
+    result = run_distill("onpolicy", config, timeout=1200)
+    history = json.loads((tmp_path / "out" / "rounds.json").read_text())
+    assert [h["round"] for h in history] == [0, 1] and "pass@1" in result.stdout
+    stats = json.loads((round_dir / "samples" / "__meta__" / "stats.json").read_text())
+    assert stats["samples"] == 24 and history[1]["student_samples"] == 24
+    # the teacher scored the student's exact tokens: every target equals a forward pass of the teacher
+    counts = check_targets_against_forward_pass(round_dir / "kd", vllm_teacher.model_dir)
+    assert counts["rows"] >= 12 and history[1]["teacher_scored_targets"] > 0
+    losses = json.loads((round_dir / "model" / "onpolicy-trained.json").read_text())["losses"]
+    print(f"on-policy KD loss, teacher as its own student: {losses}")
+    assert len(losses) == 2 and abs(losses[0]) < 1e-3
+    rendered = yaml.safe_load((round_dir / "kd.yaml").read_text())
+    assert rendered["base_model"] == str(vllm_teacher.model_dir) and rendered["kd_beta"] == 0.0
+    assert 0.0 <= history[1]["pass@1"] <= 1.0 and (tmp_path / "out" / "rounds.png").exists()
+
+
+def test_bad_config_is_one_line(vllm_teacher: Served, tmp_path: Path) -> None:
+    config = onpolicy_config(tmp_path, vllm_teacher, lmbda=0.5)
+    result = run_distill("onpolicy", config, check=False)
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: onpolicy.yaml: offpolicy: lmbda 0.5")
+    result = run_distill("onpolicy", config, "--set", "rounds=0", check=False)
+    assert result.returncode == 2 and "rounds: Input should be greater than or equal to 1" in result.stderr
