@@ -286,3 +286,30 @@ def test_judge_failure_is_retried_on_rerun_and_unreachable_judge_is_one_line(tmp
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: judge.base_url: cannot reach http://127.0.0.1:9")
     assert not (tmp_path / "o2").exists()
+
+
+def test_adding_a_judge_curates_the_cache_again_without_the_teacher(tmp_path: Path) -> None:
+    source = tmp_path / "math.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in MATH), encoding="utf-8")
+    replies = {"2+3": ["<thought>2+3=5</thought> \\boxed{5}", "<thought>2+3</thought> five"],
+               "6*7": ["<thought>6*7=42</thought> \\boxed{42}", "<thought>6*7</thought> \\boxed{41}"]}
+
+    def teacher_responder(messages: list[dict[str, str]], index: int) -> str:
+        return next(v for k, v in replies.items() if k in messages[-1]["content"])[index]
+
+    def judge_responder(messages: list[dict[str, str]], index: int) -> str:
+        return '{"score": 10, "reason": "five is 5"}'
+
+    out = tmp_path / "out"
+    with LoopbackTeacher(teacher_responder) as teacher, LoopbackTeacher(judge_responder) as judge:
+        plain = write_spec(tmp_path / "plain.yaml", source)
+        run_distill("run", plain, "--teacher-url", teacher.base_url, "--out", out)
+        assert pd.read_parquet(out).kept.sum() == 2  # "five" is unreadable: incorrect without a judge
+        judged = write_spec(tmp_path / "plain.yaml", source,
+                            judge={"base_url": judge.base_url, "model": "loopback-teacher", "mode": "undecided",
+                                   "rubric": "Is it the reference number?"})
+        run_distill("run", judged, "--teacher-url", teacher.base_url, "--out", out)
+        assert len(teacher.requests) == 2 and len(judge.requests) == 1  # the cache was curated again, judged
+    frame = pd.read_parquet(out).set_index(["problem_id", "sample_index"])
+    assert frame.kept.sum() == 3
+    assert frame.loc[("0", 1), ["kept", "correct", "judge_score"]].tolist() == [True, True, 1.0]
