@@ -71,7 +71,7 @@ def run(
     from pipelines.preflight import preflight
     from pipelines.run import run_spec, work_left
 
-    api_key = None
+    api_key = judge_key = None
     try:
         dataset, text = load_spec(spec)
         overrides = {"base_url": teacher_url and (teacher_url[0] if len(teacher_url) == 1 else teacher_url),
@@ -90,18 +90,20 @@ def run(
                 raise SpecError(f"--{flag}: {first['msg'].removeprefix('Value error, ')}") from None
         out_dir = out or Path(dataset.output.dir or f"out/{dataset.name}")
         api_key = os.environ.get(dataset.teacher.api_key_env)
+        judge_key = os.environ.get(dataset.judge.api_key_env) if dataset.judge else None
         # Source, output folder and teacher are checked before anything is created or written.
         preflight(dataset, limit, api_key, spec_out_dirs=[] if out else [out_dir],
-                  probe_teacher=fresh or work_left(dataset, limit, cache_dir or out_dir / ".cache"))
+                  probe_teacher=fresh or work_left(dataset, limit, cache_dir or out_dir / ".cache"),
+                  judge_api_key=judge_key)
         stats = run_spec(dataset, text, out_dir, cache_dir=cache_dir, limit=limit, api_key=api_key, fresh=fresh,
-                         progress_every_s=progress_every)
+                         progress_every_s=progress_every, judge_api_key=judge_key)
     except KeyboardInterrupt as exc:
         interrupted(exc)
     except SpecError as exc:
         fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback with --verbose
         logging.getLogger("distill").debug("run failed", exc_info=True)
-        fail(error_line(exc, secrets=[api_key]))
+        fail(error_line(exc, secrets=[api_key, judge_key]))
     typer.echo(f"wrote {out_dir}: {stats['samples']} samples of {stats['problems']} problems, "
                f"kept {stats['kept']} ({stats['pass_rate']:.1%}); reasons {json.dumps(stats['reasons'])}")
 
@@ -174,6 +176,14 @@ register_eval_command(app)
 from pipelines.onpolicy.commands import register as register_onpolicy_command  # noqa: E402  (onpolicy)
 
 register_onpolicy_command(app)
+
+from pipelines.select.commands import register as register_select_command  # noqa: E402  (select)
+
+register_select_command(app)
+
+from pipelines.mix.commands import register as register_mix_command  # noqa: E402  (mix)
+
+register_mix_command(app)
 
 from lab.commands import register as register_lab_commands  # noqa: E402  (lab teacher|student|problems|run)
 

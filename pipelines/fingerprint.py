@@ -4,7 +4,8 @@
 
 - ``samples``: everything the teacher's answers depend on (model, sampling, prompt, samples per problem, token
   budget, logprobs). A rerun whose settings differ is refused: its samples would not be the same dataset.
-- ``curation``: verification and the PRM. Changing them needs no teacher: the completions already in the cache
+- ``curation``: verification (with its similarity, code or judge settings) and the PRM. Changing them needs no
+  teacher: the completions already in the cache
   are curated again (``pipelines/recurate.py``).
 
 The URL, the backend, the key and the run's batching are not in it: they change how a sample is fetched, not
@@ -34,8 +35,18 @@ def sample_fingerprint(spec: DatasetSpec) -> dict[str, Any]:
             for section, names in SAMPLE_FIELDS.items() for name in names}
 
 
+JUDGE_FIELDS = ("model", "rubric", "threshold", "mode", "temperature", "max_new_tokens", "include_thought")
+
+
 def curation_fingerprint(spec: DatasetSpec) -> dict[str, Any]:
-    return {"verification": spec.verification, "prm": spec.prm.model_dump() if spec.prm is not None else None}
+    # the judge's verdicts, not its URL, key or concurrency; the sandbox limits decide what code passes
+    judge = {k: getattr(spec.judge, k) for k in JUDGE_FIELDS} if spec.judge is not None else None
+    extra = {"similarity": spec.similarity.model_dump() if spec.verification == "similarity" else None,
+             "code": spec.code.model_dump(exclude={"workers"}) if spec.verification == "code" else None,
+             "judge": judge}
+    # only the settings in use: a cache fingerprinted before they existed is not curated again for nothing
+    return {"verification": spec.verification, "prm": spec.prm.model_dump() if spec.prm is not None else None,
+            **{k: v for k, v in extra.items() if v is not None}}
 
 
 def _shown(value: Any) -> str:

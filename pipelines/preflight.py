@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pipelines.errors import redact_url
 from pipelines.source import iter_problems
-from pipelines.spec import DatasetSpec, SpecError, TeacherConfig
+from pipelines.spec import DatasetSpec, JudgeConfig, SpecError, TeacherConfig
 
 log = logging.getLogger("distill")
 
@@ -55,8 +55,11 @@ def _get(url: str, headers: dict[str, str], timeout: float) -> tuple[int, bytes]
         return exc.code, b""
 
 
-def _probe(url: str, api_key: str | None, api_key_env: str, timeout: float) -> list[str]:
-    """GET ``url``/models; an error for what would fail every request, else the served model ids."""
+def _probe(url: str, api_key: str | None, api_key_env: str, timeout: float, what: str = "teacher") -> list[str]:
+    """GET ``url``/models; an error for what would fail every request, else the served model ids.
+
+    ``what`` is the spec section the URL comes from (``teacher`` or ``judge``), named in the errors."""
+    fix = "--teacher-url" if what == "teacher" else f"{what}.base_url"
     shown = redact_url(url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     parts = urlsplit(url)  # user:password@ in a URL is not for urllib (it would read it as the host)
@@ -66,13 +69,13 @@ def _probe(url: str, api_key: str | None, api_key_env: str, timeout: float) -> l
     except (urllib.error.URLError, OSError) as exc:
         cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         reason = f"no answer within {timeout:g} s" if isinstance(cause, TimeoutError) else _connect_reason(cause)
-        raise SpecError(f"teacher.base_url: cannot reach {shown} ({reason}); start the vLLM server or fix "
-                        "--teacher-url") from None
+        raise SpecError(f"{what}.base_url: cannot reach {shown} ({reason}); start the vLLM server or fix "
+                        f"{fix}") from None
     if status in (401, 403):
-        raise SpecError(f"teacher.api_key_env: {shown} refused the API key (HTTP {status}); "
-                        f"export {api_key_env}=<the server's key> or fix teacher.api_key_env")
+        raise SpecError(f"{what}.api_key_env: {shown} refused the API key (HTTP {status}); "
+                        f"export {api_key_env}=<the server's key> or fix {what}.api_key_env")
     if status == 404:
-        raise SpecError(f"teacher.base_url: {shown} is not an OpenAI-compatible API (GET /models answers HTTP "
+        raise SpecError(f"{what}.base_url: {shown} is not an OpenAI-compatible API (GET /models answers HTTP "
                         "404); give the URL that ends in /v1, e.g. http://host:8000/v1")
     if status != 200:
         return []  # reachable, and a server error now may pass: the requests are retried
@@ -103,8 +106,16 @@ def check_teacher(teacher: TeacherConfig, api_key: str | None, timeout: float = 
                         "the name is wrong (--teacher-model)", teacher.model, redact_url(url), ", ".join(served))
 
 
+def check_judge(judge: JudgeConfig, api_key: str | None, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """The judge endpoint answers; a model name it does not serve is a warning."""
+    served = _probe(judge.base_url, api_key, judge.api_key_env, timeout, what="judge")
+    if served and judge.model not in served:
+        log.warning("judge.model: %r is not among the models served at %s (%s)", judge.model,
+                    redact_url(judge.base_url), ", ".join(served))
+
+
 def preflight(spec: DatasetSpec, limit: int | None, api_key: str | None, spec_out_dirs: Sequence[Path] = (),
-              cwd: Path | None = None, probe_teacher: bool = True) -> None:
+              cwd: Path | None = None, probe_teacher: bool = True, judge_api_key: str | None = None) -> None:
     """All checks; ``spec_out_dirs`` are the folders that came from the spec rather than the command line.
 
     ``probe_teacher`` is off when every problem is already done: such a run needs no teacher.
@@ -114,3 +125,5 @@ def preflight(spec: DatasetSpec, limit: int | None, api_key: str | None, spec_ou
         check_output(folder, cwd or Path.cwd())
     if probe_teacher:
         check_teacher(spec.teacher, api_key)
+        if spec.judge is not None:
+            check_judge(spec.judge, judge_api_key)

@@ -27,7 +27,7 @@ log = logging.getLogger("distill")
 
 
 def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_ids: set[str],
-                   api_key: str | None = None, total: int | None = None) -> Any:
+                   api_key: str | None = None, total: int | None = None, judge_api_key: str | None = None) -> Any:
     from distilabel.steps import StepResources
 
     from pipelines.steps.curate import CurateTraces
@@ -50,17 +50,24 @@ def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_i
                                      dispatch=spec.run.dispatch,
                                      resources=StepResources(replicas=spec.run.generate_replicas))
         curate = CurateTraces(name="curate", verification=spec.verification, prompt=spec.prompt,
-                              similarity=spec.similarity, input_batch_size=batch)
+                              similarity=spec.similarity, code=spec.code,
+                              judge_mode=spec.judge.mode if spec.judge else None, input_batch_size=batch)
+        stages: list[Any] = [load, generate, curate]
+        if spec.judge is not None:
+            from pipelines.steps.judge import JudgeTraces
+
+            stages.append(JudgeTraces(name="judge", judge=spec.judge, verification=spec.verification,
+                                      api_key=judge_api_key, input_batch_size=batch))
         write = WriteParts(name="write", cache_dir=str(cache_dir), total_problems=total, input_batch_size=batch)
         if spec.prm is not None:
             from pipelines.steps.prm import PrmFilter
             from prm.scorer import check_config
 
             check_config(spec.prm)
-            prm = PrmFilter(name="prm", prm=spec.prm, input_batch_size=batch)
-            load >> generate >> curate >> prm >> write
-        else:
-            load >> generate >> curate >> write
+            stages.append(PrmFilter(name="prm", prm=spec.prm, input_batch_size=batch))
+        stages.append(write)
+        for upstream, downstream in zip(stages, stages[1:], strict=False):
+            upstream >> downstream
     return pipeline
 
 
@@ -112,7 +119,7 @@ def _check_complete(spec: DatasetSpec, total: int | None, cache_dir: Path) -> No
 
 def run_spec(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path | None = None,
              limit: int | None = None, api_key: str | None = None, fresh: bool = False,
-             progress_every_s: float = DEFAULT_EVERY_S) -> dict[str, Any]:
+             progress_every_s: float = DEFAULT_EVERY_S, judge_api_key: str | None = None) -> dict[str, Any]:
     """Run (or resume) the pipeline and write the dataset folder; returns the stats.
 
     ``fresh`` discards what an earlier run generated into this folder (the refusal of a changed spec says so).
@@ -129,10 +136,10 @@ def run_spec(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path |
         if fingerprint.check(cache_dir, spec):
             from pipelines.recurate import recurate_cache
 
-            recurate_cache(cache_dir, spec)
+            recurate_cache(cache_dir, spec, judge_api_key=judge_api_key)
             fingerprint.record(cache_dir, spec)
         return _run_locked(spec, spec_text, out_dir, cache_dir, limit, api_key,
-                           _Display(log_handler, verbose, progress_every_s))
+                           _Display(log_handler, verbose, progress_every_s), judge_api_key)
 
 
 class _Display:
@@ -157,7 +164,8 @@ def discard_run(cache_dir: Path, out_dir: Path) -> None:
 
 
 def _run_locked(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path, limit: int | None,
-                api_key: str | None, display: _Display | None = None) -> dict[str, Any]:
+                api_key: str | None, display: _Display | None = None,
+                judge_api_key: str | None = None) -> dict[str, Any]:
     kept_ids = _kept_problem_ids(spec, limit, cache_dir) if spec.source.is_local else None
     total = len(kept_ids) if kept_ids is not None else limit
     failed = failed_problem_ids(cache_dir)
@@ -170,7 +178,8 @@ def _run_locked(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Pat
     if work_left(spec, limit, cache_dir, kept_ids):
         log.info("running %s: %s problems to do, %d already done", spec.name,
                  "?" if total is None else total - len(done), len(done))
-        pipeline = build_pipeline(spec, cache_dir, limit, done, api_key=api_key, total=total)
+        pipeline = build_pipeline(spec, cache_dir, limit, done, api_key=api_key, total=total,
+                                  judge_api_key=judge_api_key)
         if display is not None:
             pipeline.log_handler, pipeline.verbose = display.log_handler, display.verbose
         with RunProgress(cache_dir, len(done), total, every_s=display.every_s if display else DEFAULT_EVERY_S):
@@ -187,6 +196,8 @@ def _run_locked(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Pat
                 "runs": state["runs"], "wall_time_s": state["wall_time_s"]}
     if spec.prm is not None:
         run_info["prm"] = {k: getattr(spec.prm, k) for k in ("model", "style", "backend", "aggregation", "threshold")}
+    if spec.judge is not None:
+        run_info["judge"] = {k: getattr(spec.judge, k) for k in ("model", "mode", "threshold")}
     meta_dir(out_dir).mkdir(parents=True, exist_ok=True)
     write_text_atomic(meta_dir(out_dir) / "spec.yaml", spec_text)
     return finalize(cache_dir, out_dir, spec.output.rows_per_file, run_info)

@@ -48,11 +48,37 @@ def _hub_rows(source: SourceConfig) -> Iterator[dict]:
 
 
 def _check_columns(row: dict, source: SourceConfig) -> None:
-    for key in ("problem_field", "answer_field", "id_field"):
+    for key in ("problem_field", "answer_field", "id_field", "entry_point_field", "choices_field"):
         column = getattr(source, key)
         if column and column not in row:
             columns = ", ".join(sorted(row))
             raise SpecError(f"source.{key}: column {column!r} is not in the source (columns: {columns})")
+
+
+def _gold(row: dict, source: SourceConfig) -> str | None:
+    """The gold text: a list (MBPP's test asserts) one item per line; with an entry point, HumanEval's call."""
+    gold = row.get(source.answer_field) if source.answer_field else None
+    if isinstance(gold, list | tuple):
+        gold = "\n".join(str(item) for item in gold)
+    if gold is not None and source.entry_point_field and row.get(source.entry_point_field):
+        gold = f"{gold}\n\ncheck({row[source.entry_point_field]})\n"
+    return None if gold is None else str(gold)
+
+
+def with_choices(problem: str, gold: str | None, choices: object) -> tuple[str, str | None]:
+    """The problem with its options appended as ``(A) text`` lines, and the gold as a letter."""
+    if isinstance(choices, dict):
+        texts, labels = list(choices.get("text") or []), [str(x) for x in choices.get("label") or []]
+    else:
+        texts, labels = list(choices or []), []
+    if len(labels) != len(texts):
+        labels = []
+    letters = [chr(ord("A") + i) for i in range(len(texts))]
+    renamed = dict(zip(labels or letters, letters, strict=True))
+    lines = "\n".join(f"({letter}) {text}" for letter, text in zip(letters, texts, strict=True))
+    if gold is not None:
+        gold = renamed.get(gold.strip(), gold)
+    return f"{problem.rstrip()}\n\n{lines}" if lines else problem, gold
 
 
 def iter_problems(source: SourceConfig, limit: int | None = None) -> Iterator[dict]:
@@ -73,7 +99,7 @@ def iter_problems(source: SourceConfig, limit: int | None = None) -> Iterator[di
         problem = row.get(source.problem_field)
         if not isinstance(problem, str) or not problem.strip():
             continue
-        gold = row.get(source.answer_field) if source.answer_field else None
+        gold = _gold(row, source)
         if source.id_field and row.get(source.id_field) is None:
             raise SpecError(f"source.id_field: row {index} of {source.path} has no {source.id_field!r}; every row "
                             "needs an id (fix the data, or drop id_field to number the rows)")
@@ -86,4 +112,9 @@ def iter_problems(source: SourceConfig, limit: int | None = None) -> Iterator[di
         if len(problem) > source.max_problem_chars:
             raise SpecError(f"source.max_problem_chars: problem {problem_id!r} of {source.path} has {len(problem):,} "
                             f"characters (limit {source.max_problem_chars:,}); fix that row or raise the limit")
-        yield {"problem_id": problem_id, "problem": problem, "gold": None if gold is None else str(gold)}
+        if source.show_tests and gold:
+            shown = "\n".join(gold.splitlines()[:source.show_tests])
+            problem = f"{problem.rstrip()}\nYour code should pass these tests:\n\n{shown}"
+        if source.choices_field:
+            problem, gold = with_choices(problem, gold, row.get(source.choices_field))
+        yield {"problem_id": problem_id, "problem": problem, "gold": gold}

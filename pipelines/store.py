@@ -46,7 +46,9 @@ LOGPROB_FIELDS = [
 ]
 PRM_FIELDS = [("step_scores", pa.list_(pa.float64())), ("prm_score", pa.float64()),
               ("prm_first_error", pa.int64())]
-_INTERNAL = {"text", "reasoning"}
+VERIFY_FIELDS = [("similarity_score", pa.float64()), ("judge_score", pa.float64()), ("judge_reason", pa.string())]
+_INTERNAL = {"text", "reasoning", "needs_judge"}
+RETRIED_REASONS = ("teacher_error", "judge_error")  # a rerun asks again for problems with these
 
 
 def flatten(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -66,7 +68,7 @@ def records_schema(records: list[dict[str, Any]]) -> pa.Schema:
     """The part schema for these records: the base columns plus the optional ones they carry."""
     fields = list(BASE_SCHEMA)
     present = set().union(*(r.keys() for r in records)) if records else set()
-    fields += [pa.field(n, t) for n, t in LOGPROB_FIELDS + PRM_FIELDS if n in present]
+    fields += [pa.field(n, t) for n, t in LOGPROB_FIELDS + PRM_FIELDS + VERIFY_FIELDS if n in present]
     return pa.schema(fields)
 
 
@@ -145,7 +147,7 @@ def _versions(parts: list[Path]) -> dict[str, tuple[int, int]]:
         table = pq.read_table(part, columns=["problem_id", "rejection_reason"])
         failed: Counter[str] = Counter()
         for pid, reason in zip(*table.to_pydict().values(), strict=True):
-            failed[pid] += reason == "teacher_error"
+            failed[pid] += reason in RETRIED_REASONS
         for pid, count in failed.items():
             if pid not in best or (count, index) < best[pid]:
                 best[pid] = (count, index)
@@ -218,6 +220,17 @@ def finalize(cache_dir: Path, out_dir: Path, rows_per_file: int, run_info: dict[
     return stats
 
 
+def score_distribution(values: list[float]) -> dict[str, float | int]:
+    """Count, mean and quantiles of per-sample scores (similarity, judge) for stats.json and the card."""
+    ordered = sorted(values)
+
+    def quantile(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+
+    return {"count": len(ordered), "mean": round(statistics.fmean(ordered), 4), "min": round(ordered[0], 4),
+            "p10": quantile(0.1), "median": quantile(0.5), "p90": quantile(0.9), "max": round(ordered[-1], 4)}
+
+
 class StatsCollector:
     """Counts per rejection reason, pass rates and token statistics over the written samples."""
 
@@ -228,8 +241,12 @@ class StatsCollector:
         self.solved: set[str] = set()
         self.tokens: list[int] = []
         self.kept_tokens: list[int] = []
+        self.scores: dict[str, list[float]] = {"similarity_score": [], "judge_score": []}
 
     def add(self, table: pa.Table) -> None:
+        for name, values in self.scores.items():
+            if name in table.column_names:
+                values.extend(v for v in table.column(name).to_pylist() if v is not None)
         cols = table.select(["problem_id", "kept", "correct", "rejection_reason", "completion_tokens"]).to_pydict()
         for pid, kept, correct, reason, tokens in zip(*cols.values(), strict=True):
             self.samples += 1
@@ -263,6 +280,8 @@ class StatsCollector:
                 "completion_max": max(self.tokens, default=0),
                 "kept_mean": round(statistics.fmean(self.kept_tokens), 1) if self.kept_tokens else 0,
             },
+            **{f"{name}s": score_distribution(values)
+               for name, values in self.scores.items() if values},
             "wall_time_s": round(wall, 2),
             "tokens_per_s": round(total_tokens / wall, 1) if wall else None,
             **{k: v for k, v in run_info.items() if k != "wall_time_s"},

@@ -1,5 +1,6 @@
 """Verify a final answer against gold: math-verify for math, normalised string match for exact, the option
-letter for multiple choice, and chrF/WER against a reference text for similarity."""
+letter for multiple choice, chrF/WER against a reference text for similarity, and the problem's tests run in a
+sandbox for code (pipelines/verifiers/)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pipelines.spec import SimilarityConfig
+    from pipelines.spec import CodeConfig, SimilarityConfig
 
 _BOXED = re.compile(r"\\boxed\s*\{")
 
@@ -43,7 +44,7 @@ def _normalise(text: str) -> str:
     return text.casefold()
 
 
-def _math_equal(answer: str, gold: str) -> bool:
+def _math_equal(answer: str, gold: str) -> bool | None:
     # Imported here: math-verify (sympy, latex2sympy) takes a second to import, which `distill run` would spend
     # before its first teacher request; the curate worker pays it at its first batch instead.
     from math_verify import parse, verify
@@ -54,7 +55,7 @@ def _math_equal(answer: str, gold: str) -> bool:
     gold_parsed = parse(gold if "$" in gold else f"${gold}$", parsing_timeout=timeout)
     answer_parsed = parse(answer, parsing_timeout=timeout)
     if not gold_parsed or not answer_parsed:
-        return False
+        return None  # nothing math-verify can read: undecided (a judge may decide it)
     return bool(verify(gold_parsed, answer_parsed, timeout_seconds=timeout))
 
 
@@ -121,15 +122,27 @@ def _similar(answer: str, reference: str, similarity: SimilarityConfig | None) -
     return chrf(answer, reference) >= threshold
 
 
-def verify_answer(answer: str | None, gold: object, method: str, problem: str | None = None,
-                  similarity: SimilarityConfig | None = None) -> bool | None:
-    """True/False when the method can judge, None when verification is off.
+def similarity_score(answer: str | None, reference: object, similarity: SimilarityConfig | None) -> float | None:
+    """The similarity of an answer to its reference: chrF/100 or WER, as ``similarity.metric`` says."""
+    from pipelines.eval.similarity import chrf, wer
 
-    ``choice`` reads the options from the ``problem`` text (so the option text counts as an answer) and compares
-    the letter with the gold letter; ``similarity`` compares the answer with the gold reference text.
-    """
-    if method == "none":
+    if not answer or reference is None:
         return None
+    if similarity is not None and similarity.metric == "wer":
+        return wer(answer, str(reference).strip())
+    return chrf(answer, str(reference).strip())
+
+
+def decide_answer(answer: str | None, gold: object, method: str, problem: str | None = None,
+                  similarity: SimilarityConfig | None = None, code: CodeConfig | None = None) -> bool | None:
+    """True/False when the rules decide; None when they cannot: no answer math-verify can read, no option picked,
+    or ``method`` none/judge (nothing rule-based to check)."""
+    if method in ("none", "judge"):
+        return None
+    if method == "code":
+        from pipelines.verifiers.code import verify_code
+
+        return verify_code(answer, None if gold is None else str(gold), problem, code)
     gold_text = gold_answer(gold)
     if not answer or not gold_text:
         return False
@@ -138,9 +151,22 @@ def verify_answer(answer: str | None, gold: object, method: str, problem: str | 
     if method == "math":
         return _math_equal(answer, gold_text)
     if method == "choice":
-        options = choice_options(problem)
-        picked = extract_choice(answer, options)
-        return picked is not None and picked == extract_choice(gold_text)
+        picked = extract_choice(answer, choice_options(problem))
+        return None if picked is None else picked == extract_choice(gold_text)
     if method == "similarity":
         return _similar(answer, str(gold).strip(), similarity)
-    raise ValueError(f"verification: unknown method {method!r} (use math, exact, choice, similarity or none)")
+    raise ValueError(f"verification: unknown method {method!r} (use math, exact, choice, similarity, code, judge "
+                     "or none)")
+
+
+def verify_answer(answer: str | None, gold: object, method: str, problem: str | None = None,
+                  similarity: SimilarityConfig | None = None, code: CodeConfig | None = None) -> bool | None:
+    """True/False when the method can judge, None when verification is off (an undecided answer is False).
+
+    ``choice`` reads the options from the ``problem`` text (so the option text counts as an answer) and compares
+    the letter with the gold letter; ``similarity`` compares the answer with the gold reference text; ``code``
+    runs the answer's code against the gold test program in the sandbox.
+    """
+    if method in ("none", "judge"):
+        return None
+    return decide_answer(answer, gold, method, problem, similarity, code) is True

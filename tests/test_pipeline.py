@@ -141,7 +141,7 @@ def test_list_and_shipped_specs_load() -> None:
     gsm8k, _ = load_spec("gsm8k")
     assert (gsm8k.source.path, gsm8k.source.problem_field, gsm8k.teacher.num_samples) == ("openai/gsm8k", "question", 4)
     dictation, _ = load_spec("dictation")
-    assert dictation.verification == "none" and Path(dictation.source.path).is_file()
+    assert dictation.verification == "similarity" and Path(dictation.source.path).is_file()
     assert sum(1 for _ in open(dictation.source.path)) >= 30
 
 

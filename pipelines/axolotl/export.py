@@ -110,6 +110,8 @@ def export_rows(rows: list[dict[str, Any]], options: ExportOptions, tokenizer: A
         record: dict[str, Any] = {"messages": messages, "problem_id": row["problem_id"],
                                   "sample_index": row["sample_index"], "pass_rate": row.get("pass_rate"),
                                   "length": row.get("completion_tokens") or len(messages[-1]["content"])}
+        if row.get("source"):  # a `distill mix` dataset: which folder the trace came from
+            record["source"] = row["source"]
         turn = None
         if tokenizer is not None:
             turn = student_turn(tokenizer, messages)

@@ -47,13 +47,18 @@ def benchmark_texts(benchmark: BenchmarkConfig, position: int) -> list[str]:
     return texts
 
 
+def _clip(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 class ProblemFilter:
     """``apply(problems)`` yields ``(index, problem)`` for the problems kept; ``report()`` says why others went."""
 
     def __init__(self, dedupe: DedupeConfig, decontamination: DecontaminationConfig) -> None:
         self.dedupe_config = dedupe
         self.decontamination_config = decontamination
-        self.index = NgramIndex(decontamination.ngram)
+        self.index = NgramIndex(decontamination.ngram, decontamination.max_df, decontamination.min_overlap,
+                                decontamination.min_shared)
         for position, benchmark in enumerate(decontamination.benchmarks):
             self.index.add(benchmark.label, benchmark_texts(benchmark, position))
         self.deduplicator = (Deduplicator(dedupe.near_threshold, dedupe.num_perm, dedupe.shingle_size)
@@ -69,7 +74,10 @@ class ProblemFilter:
             hit = self.index.match(problem["problem"]) if len(self.index) else None
             if hit:
                 self.contaminated.append({**where, "benchmark": hit.benchmark,
-                                          "benchmark_index": hit.benchmark_index, "ngram": hit.ngram})
+                                          "benchmark_index": hit.benchmark_index, "ngram": hit.ngram,
+                                          "overlap": hit.overlap, "shared_ngrams": hit.shared,
+                                          "problem": _clip(problem["problem"]),
+                                          "benchmark_problem": _clip(hit.benchmark_problem)})
                 continue
             duplicate = self.deduplicator.check(problem["problem_id"], problem["problem"]) \
                 if self.deduplicator else None
@@ -84,7 +92,9 @@ class ProblemFilter:
         config = self.dedupe_config
         return {
             "decontamination": {
-                "ngram": self.decontamination_config.ngram,
+                "ngram": self.decontamination_config.ngram, "max_df": self.decontamination_config.max_df,
+                "min_overlap": self.decontamination_config.min_overlap,
+                "min_shared": self.decontamination_config.min_shared,
                 "benchmarks": [{"name": name, "problems": size} for name, size in self.index.sizes.items()],
                 "checked": self.seen, "contaminated": len(self.contaminated), "dropped": self.contaminated,
             },

@@ -101,15 +101,28 @@ def _decontamination(stats: dict[str, Any]) -> str:
     if not benchmarks:
         return (f"No benchmarks were configured (`decontamination.benchmarks` is empty): "
                 f"{report.get('checked', 0)} problems were not checked against evaluation sets.")
-    text = (f"Problems sharing any word {report['ngram']}-gram with a benchmark problem were dropped before "
-            f"generation: **{report['contaminated']}** of {report['checked']} problems.\n\n")
+    if report.get("min_overlap"):
+        rule = (f"Problems whose informative word {report['ngram']}-grams overlap one benchmark problem's by at least "
+                f"{report['min_overlap']:.0%} (of the smaller text's; n-grams in more than {report.get('max_df')} of "
+                "the benchmark's problems are stock phrases and do not count)")
+    else:
+        rule = f"Problems sharing any word {report['ngram']}-gram with a benchmark problem"
+    text = (f"{rule} were dropped before generation: **{report['contaminated']}** of {report['checked']} "
+            "problems.\n\n")
     text += _table(["benchmark", "problems indexed"], [[b["name"], b["problems"]] for b in benchmarks])
     dropped = report.get("dropped") or []
     if dropped:
         text += "\n\nDropped problems:\n\n" + _table(
-            ["problem_id", "benchmark", "benchmark row", "shared n-gram"],
-            [[f"`{d['problem_id']}`", d["benchmark"], d["benchmark_index"], f"`{d['ngram']}`"] for d in dropped])
+            ["problem_id", "benchmark", "benchmark row", "overlap", "shared n-gram", "benchmark problem"],
+            [[f"`{d['problem_id']}`", d["benchmark"], d["benchmark_index"], d.get("overlap", "-"), f"`{d['ngram']}`",
+              _cell(d.get("benchmark_problem") or "")] for d in dropped])
     return text
+
+
+def _cell(text: str, limit: int = 120) -> str:
+    """Text for one table cell: one line, no pipes, clipped."""
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _dedupe(stats: dict[str, Any]) -> str:
@@ -121,6 +134,37 @@ def _dedupe(stats: dict[str, Any]) -> str:
     return (f"Before generation, exact duplicates (case/whitespace-normalised) and near duplicates (MinHash-LSH, "
             f"{report['num_perm']} permutations, Jaccard ≥ {report['near_threshold']}) were dropped: "
             f"**{report['exact']}** exact and **{report['near']}** near duplicates of {report['checked']} problems.")
+
+
+def _selection(stats: dict[str, Any]) -> str | None:
+    """The ``distill select`` report, when this dataset is a selection."""
+    report = stats.get("selection")
+    if not report:
+        return None
+    config = report.get("config") or {}
+    text = (f"This dataset is a cold-start selection (`distill select --budget {config.get('budget')}`): "
+            f"**{report['selected']}** of {report['candidates']} problems with a verified trace ({report['problems']} "
+            "in the run), one trace per problem (the highest PRM score, else the shortest verified trace), hard but "
+            f"solvable problems first (lowest teacher pass rate; at most {config.get('max_pass_rate')}), taken "
+            f"round-robin over {report['clusters']} MinHash clusters of the problems (Jaccard ≥ "
+            f"{config.get('cluster_threshold')}; {report['clusters_selected']} clusters represented). Each row's "
+            "`selection_reason` says why it was picked. The counts above describe the run it was selected from.\n\n")
+    text += _table(["outcome", "problems"], [[f"`{k}`", v] for k, v in (report.get("outcome") or {}).items()])
+    selected, candidates = report.get("pass_rate_selected") or {}, report.get("pass_rate_candidates") or {}
+    text += "\n\n" + _table(["teacher pass rate", "selected", "candidates"],
+                             [[b, selected.get(b, 0), candidates.get(b, 0)] for b in candidates])
+    return text
+
+
+def _mix(stats: dict[str, Any]) -> str | None:
+    """The ``distill mix`` sources and their counts, when this dataset is a mix."""
+    mix = stats.get("mix")
+    if not mix:
+        return None
+    rows = [[f"`{s['name']}`", s["available"], s.get("ratio") if s.get("ratio") is not None else "-",
+             s.get("cap") if s.get("cap") is not None else "-", s["rows"]] for s in mix["sources"]]
+    return (f"This dataset mixes {len(rows)} dataset folders (`distill mix`, seed {mix.get('seed')}, "
+            f"{mix.get('order')} order):\n\n" + _table(["source", "available", "ratio", "cap", "rows"], rows))
 
 
 def _training(inputs: CardInputs) -> str:
@@ -180,6 +224,8 @@ def render_card(inputs: CardInputs) -> str:
         + (f"; answer correct rate: {stats['correct_rate']:.2%}" if stats.get("correct_rate") is not None else "")
         + f"; problems with at least one kept trace: {stats.get('problems_with_kept_trace', 0)}.\n\n"
         + _reasons(stats),
+        *(f"## {title}\n\n{section}" for title, section in (("Selection", _selection(stats)), ("Mix", _mix(stats)))
+          if section),
         "## Token statistics\n\n" + _table(["statistic", "completion tokens"], [[k, v] for k, v in tokens.items()])
         + (f"\n\n![Trace lengths]({inputs.histogram})" if inputs.histogram else ""),
         "## Decontamination\n\n" + _decontamination(stats),
