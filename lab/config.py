@@ -75,6 +75,11 @@ class Evaluation(_Strict):
     levels: list[int] | None = None  # default: the teacher's
 
 
+class Arm(_Strict):
+    lmbda: float = Field(ge=0.0, le=1.0)  # the on-policy share of a round's rows
+    kd_alpha: float = Field(0.9, ge=0.0, le=1.0)  # the KD loss weight; cross-entropy on the row's tokens gets the rest
+
+
 class OnPolicyArms(_Strict):
     """After the students: `distill onpolicy` from the `start` variant's checkpoint, on-policy (lmbda 1: the
     student samples, the teacher scores its tokens) against off-policy (lmbda 0: the teacher's own KD traces), at
@@ -87,7 +92,7 @@ class OnPolicyArms(_Strict):
     max_steps: int = Field(200, ge=1)
     learning_rate: float = Field(1e-3, ge=0.0)
     kd_beta: float = Field(0.0, ge=0.0, le=1.0)
-    arms: dict[str, float] = {"onpolicy": 1.0, "offpolicy": 0.0}  # name -> lmbda
+    arms: dict[str, Arm] = {"onpolicy": Arm(lmbda=1.0), "offpolicy": Arm(lmbda=0.0)}
 
 
 class LabConfig(_Strict):

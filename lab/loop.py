@@ -256,18 +256,19 @@ class Loop:
                       f"{o.start} student: " + ", ".join(o.arms))
         histories: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for seed in seeds:
-            for arm, lmbda in o.arms.items():
+            for arm, spec in o.arms.items():
                 out = self.out / "onpolicy" / model_name(arm, seed, len(seeds))
                 config = {"name": f"lab-{arm}-s{seed}", "student": str(trained[model_name(o.start, seed, len(seeds))]),
                           "teacher": {"base_url": base_url, "model": "lab-teacher"},
-                          "prompts": str(self.out / "spec-filtered.yaml"), "rounds": o.rounds, "lmbda": lmbda,
+                          "prompts": str(self.out / "spec-filtered.yaml"), "rounds": o.rounds, "lmbda": spec.lmbda,
                           "offpolicy": str(exports[("kd", "filtered", False)]), "seed": seed,
                           "sampling": {"prompts_per_round": o.prompts_per_round,
                                        "samples_per_prompt": o.samples_per_prompt,
                                        "temperature": 1.0, "max_new_tokens": self.cfg.generation.max_new_tokens,
                                        "max_model_len": 1024},
                           "training": {"cpu": True, "max_steps": o.max_steps, "learning_rate": o.learning_rate,
-                                       "kd_beta": o.kd_beta, "top_k": self.cfg.generation.top_logprobs,
+                                       "kd_beta": o.kd_beta, "kd_alpha": spec.kd_alpha,
+                                       "top_k": self.cfg.generation.top_logprobs,
                                        "max_seq_len": 512,
                                        "overrides": {"micro_batch_size": self.cfg.students.micro_batch_size,
                                                      "lr_scheduler": "cosine", "warmup_steps": 10}},
