@@ -165,3 +165,7 @@ def entrypoint() -> None:
 
 if __name__ == "__main__":
     entrypoint()
+
+from pipelines.ondevice.commands import register as register_ondevice_command  # noqa: E402  (export-model)
+
+register_ondevice_command(app)
