@@ -190,7 +190,8 @@ def write_configs(method: str, export_dir: Path, manifest: dict[str, Any], stude
                   **(QAT if qat and "qat" not in yaml.safe_load(text) else {}), **(overrides or {})}
         path = out if stage == "train" else out.with_name(f"{out.stem}-{stage}{out.suffix or '.yaml'}")
         header = (f"# Rendered by `distill config {method}` from {template_path(method, template).name} for "
-                  f"{export_dir}" + (f" ({stage})" if stage != "train" else "") + (" [smoke profile]" if smoke else "") + (" [QAT]" if qat else "")
+                  f"{export_dir}" + (f" ({stage})" if stage != "train" else "") + (" [smoke profile]" if smoke else "")
+                  + (" [QAT]" if qat else "")
                   + "\n")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(header + render(text, values, dataset), encoding="utf-8")

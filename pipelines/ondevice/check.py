@@ -49,7 +49,37 @@ def check_generates(model_dir: Path, reference_dir: Path, system: str | None, ma
         full = greedy(reference, tokenizer, system, prompt, max_new_tokens)
         if not quantized:
             raise SpecError(f"--out: the exported model in {model_dir} generates nothing for {prompt!r}")
-        same += sum(a == b for a, b in zip(quantized, full))
+        same += sum(a == b for a, b in zip(quantized, full, strict=False))
         total += max(len(quantized), len(full))
         samples.append({"prompt": prompt, "text": tokenizer.decode(quantized, skip_special_tokens=True)})
     return {"generates": True, "token_agreement_with_fp32": round(same / total, 4), "samples": samples}
+
+
+def check_gguf_runtime(gguf_path: Path, reference_dir: Path, system: str | None, max_new_tokens: int = 48
+                       ) -> dict[str, Any]:
+    """Generate with llama.cpp (llama-cpp-python, when installed: it builds from source, ~15 min on 2 cores) from
+    the same chat-formatted prompt ids as transformers, and compare its greedy tokens with the fp32 checkpoint's."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return {"runtime": "llama-cpp-python not installed: pip install llama-cpp-python (builds llama.cpp)"}
+    reference, tokenizer = load(reference_dir)
+    llm = Llama(model_path=str(gguf_path), n_ctx=512, n_threads=2, verbose=False, seed=0)
+    same, total, samples = 0, 0, []
+    for prompt in CHECK_PROMPTS:
+        ids = chat_ids(tokenizer, system, prompt)["input_ids"][0].tolist()
+        produced: list[int] = []
+        for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+            if token == tokenizer.eos_token_id or len(produced) == max_new_tokens:
+                break
+            produced.append(int(token))
+        full = greedy(reference, tokenizer, system, prompt, max_new_tokens)
+        if full and full[-1] == tokenizer.eos_token_id:
+            full = full[:-1]
+        if not produced and full:
+            raise SpecError(f"--gguf: llama.cpp generates nothing from {gguf_path} for {prompt!r}")
+        same += sum(a == b for a, b in zip(produced, full, strict=False))
+        total += max(len(produced), len(full), 1)
+        samples.append({"prompt": prompt, "text": tokenizer.decode(produced, skip_special_tokens=True)})
+    return {"runtime": "llama.cpp (llama-cpp-python)", "generates": True,
+            "token_agreement_with_fp32": round(same / total, 4), "samples": samples}

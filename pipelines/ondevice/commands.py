@@ -56,7 +56,11 @@ def export_model(
             out.mkdir(parents=True, exist_ok=True)
             expected = export_gguf(ckpt, out / "model.gguf", options.gguf_type)
             record["gguf_file"] = {"path": "model.gguf", **(check_gguf(out / "model.gguf", ckpt, expected) if check
-                                                       else {"tensors": len(expected["tensors"])})}
+                                                            else {"tensors": len(expected["tensors"])})}
+            if check:
+                from pipelines.ondevice.check import check_gguf_runtime
+
+                record["gguf_file"]["llama_cpp"] = check_gguf_runtime(out / "model.gguf", ckpt, system or None)
         write_manifest(out, record)
     except SpecError as exc:
         _fail(str(exc))
@@ -69,7 +73,9 @@ def export_model(
     if "gguf_file" in record:
         g = record["gguf_file"]
         parts.append(f"model.gguf {options.gguf_type} {g['bytes']} B, {g['tensors']} tensors"
-                     + (f", max relative error {g['max_relative_error']}" if "max_relative_error" in g else ""))
+                     + (f", max relative error {g['max_relative_error']}" if "max_relative_error" in g else "")
+                     + (f", llama.cpp generates (agreement {g['llama_cpp']['token_agreement_with_fp32']:.2f})"
+                        if g.get("llama_cpp", {}).get("generates") else ""))
     typer.echo(f"wrote {out}: " + "; ".join(parts) + f" ({json.dumps(str(out / 'ondevice.json'))})")
 
 
