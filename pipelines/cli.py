@@ -155,6 +155,10 @@ from lab.commands import register as register_lab_commands  # noqa: E402  (lab t
 
 register_lab_commands(app)
 
+from pipelines.ondevice.commands import register as register_ondevice_command  # noqa: E402  (export-model)
+
+register_ondevice_command(app)
+
 
 def entrypoint() -> None:
     try:
@@ -165,7 +169,3 @@ def entrypoint() -> None:
 
 if __name__ == "__main__":
     entrypoint()
-
-from pipelines.ondevice.commands import register as register_ondevice_command  # noqa: E402  (export-model)
-
-register_ondevice_command(app)
