@@ -21,8 +21,6 @@ import yaml
 from conftest import ROOT, run_distill
 
 
-
-
 @pytest.fixture(scope="module")
 def dictation_student(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random student (the lab's student shape) with a dictation tokenizer; widths 64/128 fit group size 32."""
