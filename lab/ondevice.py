@@ -15,6 +15,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ from lab.loop import ROOT, Loop, model_name
 
 
 class OnDeviceLoop(Loop):
+    def stage(self, number: int, what: str) -> None:
+        self.echo(f"[{number}/8] {what}  (+{time.monotonic() - self.started:.0f}s)")
+
     def eval_set(self, held_out: Path) -> Path:
         """The held-out clean-ups scored by chrF (right when ≥ 0.6, as dictation-heldout), chrF and WER reported."""
         path = super().eval_set(held_out)
