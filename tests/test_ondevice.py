@@ -157,3 +157,21 @@ def test_latency_bench_prints_ratios(dictation_student: Path) -> None:
     assert set(rows) == {"fp32", "ptq-int8", "ptq-int4"}
     assert rows["fp32"][-2:] == ["1.00x", "1.00x"]  # the baseline against itself
     assert all(float(rows[name][1]) > 0 and float(rows[name][3]) > 0 for name in rows)  # p50 ms, tok/s
+
+
+def test_ondevice_lab_config_and_eval_set(tmp_path: Path) -> None:
+    """The shipped on-device lab config has a QAT variant, and its eval set scores clean-ups by chrF (and WER)."""
+    from lab.config import load_lab_config
+    from lab.ondevice import OnDeviceLoop, summarize
+
+    cfg = load_lab_config("ondevice")
+    assert cfg.teacher.task == "dictation" and [(v.name, v.qat) for v in cfg.students.variants] == [
+        ("kd", False), ("kd-qat", True)]
+    held_out = tmp_path / "held.jsonl"
+    held_out.write_text(json.dumps({"question": "um the cat sat period", "answer": "The cat sat."}) + "\n")
+    data = yaml.safe_load(OnDeviceLoop(cfg, tmp_path).eval_set(held_out).read_text())
+    assert data["verification"] == "similarity" and data["similarity"] == {"metric": "chrf", "threshold": 0.6}
+    assert data["prompt"]["system"].startswith("Clean up the dictation")
+    table = summarize({"m": {"runs": {"m": {"lab-dictation": {"all": {"pass@1": 0.5, "chrf": 0.81, "wer": 0.2}}}}}},
+                      "bench lines")
+    assert "| m | 0.500 | 0.810 | 0.200 |" in table and "bench lines" in table
