@@ -25,6 +25,10 @@ def fail(message: str) -> None:
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+    # torchao (distill export-model) warns on import that its CUDA-only kernels do not load on a CPU build
+    # and registers enums with torch's pytree, which torch 2.13 calls deprecated
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 @app.command("list")
