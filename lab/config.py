@@ -46,6 +46,7 @@ class Variant(_Strict):
     data: Literal["filtered", "unfiltered"] = "filtered"  # unfiltered: every well-formed trace, wrong ones too
     curriculum: bool = False  # two stages (short traces of easy problems first), the same total steps
     kd_beta: float = Field(0.0, ge=0.0, le=1.0)  # 0 forward KL(teacher || student), 1 reverse, between: JSD
+    qat: bool = False  # quantization-aware training (`distill config --qat`): QAD with method kd
 
 
 class StudentTraining(_Strict):

@@ -202,7 +202,7 @@ class Loop:
                 output = self.distill("config", v.method, "--dataset", exports[(v.method, v.data, v.curriculum)],
                                       "--student", inits[seed], "--out", config, "--output-dir",
                                       self.out / "students" / name, "--prepared-dir", self.out / "prepared" / name,
-                                      "--smoke", *sets)
+                                      "--smoke", *(["--qat"] if v.qat else []), *sets)
                 configs = [Path(p) for p in re.findall(r"wrote (\S+\.yaml)", output)]
                 for path in configs:
                     self.echo(f"  $ distill train {path}")

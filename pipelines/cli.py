@@ -41,6 +41,10 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logg
 
         hold_warnings()  # library warnings go to the run's log file (pipelines/run_log.py)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+    # torchao (distill export-model) warns on import that its CUDA-only kernels do not load on a CPU build
+    # and registers enums with torch's pytree, which torch 2.13 calls deprecated
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 @app.command("list")
@@ -188,6 +192,10 @@ register_mix_command(app)
 from lab.commands import register as register_lab_commands  # noqa: E402  (lab teacher|student|problems|run)
 
 register_lab_commands(app)
+
+from pipelines.ondevice.commands import register as register_ondevice_command  # noqa: E402  (export-model)
+
+register_ondevice_command(app)
 
 
 def entrypoint() -> None:

@@ -78,6 +78,8 @@ def config(
     prepared_dir: Optional[Path] = typer.Option(None, help="Axolotl's tokenised-dataset cache (out/prepared/<stem>)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a top-level key: --set max_steps=100."),
     smoke: bool = typer.Option(False, help="A few float32 steps on CPU (plumbing check, tests)."),
+    qat: bool = typer.Option(False, help="Quantization-aware training: int8 activations + int4 weights (torchao "
+                                         "fake quantization); export with `distill export-model --quantize int4`."),
 ) -> None:
     """Render a complete Axolotl config for an export from the templates in axolotl_configs/."""
     from pipelines.axolotl.configs import parse_overrides, write_configs
@@ -86,7 +88,7 @@ def config(
     try:
         manifest = read_manifest(dataset)
         paths = write_configs(method, dataset, manifest, student, out, template=template, output_dir=output_dir,
-                              prepared_dir=prepared_dir, overrides=parse_overrides(set_ or []), smoke=smoke)
+                              prepared_dir=prepared_dir, overrides=parse_overrides(set_ or []), smoke=smoke, qat=qat)
     except SpecError as exc:
         _fail(str(exc))
     for path in paths:

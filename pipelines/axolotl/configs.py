@@ -28,6 +28,10 @@ SMOKE: dict[str, Any] = {
     "gradient_checkpointing": False, "sample_packing": False, "pad_to_sequence_len": False, "deepspeed": DELETE,
     "fsdp_version": DELETE, "fsdp_config": DELETE, "dataloader_num_workers": 0,
 }
+# Quantization-aware training (QAD with a KD template): int8 dynamic activations + int4 weights in groups of 32, the
+# scheme `distill export-model --quantize int4` applies after training (axolotl_configs/kd-qat-qwen2.5-1.5b.yaml).
+QAT: dict[str, Any] = {"qat": {"activation_dtype": "int8", "weight_dtype": "int4", "group_size": 32,
+                               "quantize_embedding": False}}
 _SCALAR = (str, int, float, bool, type(None))
 APPENDED = "# --- set by `distill config` (not in the template) ---"
 
@@ -186,17 +190,20 @@ def stage_values(method: str, manifest: dict[str, Any], export_dir: Path, studen
 
 def write_configs(method: str, export_dir: Path, manifest: dict[str, Any], student: str, out: Path,
                   template: str | None = None, output_dir: Path | None = None, prepared_dir: Path | None = None,
-                  overrides: dict[str, Any] | None = None, smoke: bool = False) -> list[Path]:
-    """Render one config (or one per curriculum stage: ``<out>-stage1.yaml`` …); returns the paths written."""
+                  overrides: dict[str, Any] | None = None, smoke: bool = False, qat: bool = False) -> list[Path]:
+    """Render one config (or one per curriculum stage: ``<out>-stage1.yaml`` …); returns the paths written.
+    ``qat`` adds the QAT section (a template's own ``qat:`` block is kept: it already says how)."""
     text = template_path(method, template).read_text(encoding="utf-8")
     output_dir = output_dir or Path("out/train") / out.stem
     prepared_dir = prepared_dir or Path("out/prepared") / out.stem
     written = []
     for stage, top_level, dataset in stage_values(method, manifest, export_dir, student, output_dir, prepared_dir):
-        values = {**top_level, **(SMOKE if smoke else {}), **(overrides or {})}
+        values = {**top_level, **(SMOKE if smoke else {}),
+                  **(QAT if qat and "qat" not in yaml.safe_load(text) else {}), **(overrides or {})}
         path = out if stage == "train" else out.with_name(f"{out.stem}-{stage}{out.suffix or '.yaml'}")
         header = (f"# Rendered by `distill config {method}` from {template_path(method, template).name} for "
                   f"{export_dir}" + (f" ({stage})" if stage != "train" else "") + (" [smoke profile]" if smoke else "")
+                  + (" [QAT]" if qat else "")
                   + "\n")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(header + render(text, values, dataset), encoding="utf-8")

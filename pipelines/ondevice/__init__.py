@@ -1,0 +1,1 @@
+"""The on-device student: post-training quantization (torchao), GGUF export, load-and-generate checks."""
