@@ -161,6 +161,10 @@ from prm.commands import register as register_prm_commands  # noqa: E402  (prm-s
 
 register_prm_commands(app)
 
+from prm.label.commands import register as register_prm_label_command  # noqa: E402  (prm-label)
+
+register_prm_label_command(app)
+
 from pipelines.publish.commands import register as register_publish_command  # noqa: E402  (publish)
 
 register_publish_command(app)

@@ -48,7 +48,7 @@ def _hub_rows(source: SourceConfig) -> Iterator[dict]:
 
 
 def _check_columns(row: dict, source: SourceConfig) -> None:
-    for key in ("problem_field", "answer_field", "id_field", "entry_point_field", "choices_field"):
+    for key in ("problem_field", "answer_field", "id_field", "entry_point_field", "choices_field", "prefix_field"):
         column = getattr(source, key)
         if column and column not in row:
             columns = ", ".join(sorted(row))
@@ -82,7 +82,8 @@ def with_choices(problem: str, gold: str | None, choices: object) -> tuple[str, 
 
 
 def iter_problems(source: SourceConfig, limit: int | None = None) -> Iterator[dict]:
-    """Yield ``{"problem_id", "problem", "gold"}``; ids are the row index unless ``id_field`` is set."""
+    """Yield ``{"problem_id", "problem", "gold"}`` (and ``prefix`` with ``prefix_field``); ids are the row index
+    unless ``id_field`` is set."""
     if source.is_local:
         path = Path(source.path)
         if not path.is_file():
@@ -117,4 +118,7 @@ def iter_problems(source: SourceConfig, limit: int | None = None) -> Iterator[di
             problem = f"{problem.rstrip()}\nYour code should pass these tests:\n\n{shown}"
         if source.choices_field:
             problem, gold = with_choices(problem, gold, row.get(source.choices_field))
-        yield {"problem_id": problem_id, "problem": problem, "gold": gold}
+        item = {"problem_id": problem_id, "problem": problem, "gold": gold}
+        if source.prefix_field:
+            item["prefix"] = str(row.get(source.prefix_field) or "")
+        yield item

@@ -43,6 +43,9 @@ class SourceConfig(_Strict):
     # verification code: show the first N lines of the test program in the problem (MBPP's prompt shows its
     # asserts, the only place the function's name is given)
     show_tests: int = Field(0, ge=0)
+    # The start of the assistant's reply, which the teacher continues instead of answering afresh (the step
+    # prefixes of `distill prm-label`); the sample's completion is this text followed by the continuation.
+    prefix_field: str | None = None
     max_problem_chars: int = Field(100_000, ge=1)  # a longer problem is a data error, not a prompt
 
     @property

@@ -61,11 +61,17 @@ class VLLMServerLLM(AsyncLLM):
         """One request with ``n=num_generations``; failures become per-sample errors, never exceptions."""
         kwargs: dict[str, Any] = dict(model=self.model, messages=input, n=num_generations,
                                       max_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        extra_body: dict[str, Any] = {}
+        if input and input[-1].get("role") == "assistant":
+            # Continue the reply from its start (vLLM renders the chat up to the prefix, without a new turn).
+            extra_body.update(continue_final_message=True, add_generation_prompt=False)
         if top_logprobs:
             # One more than asked: vLLM puts the sampled token in the list in place of the k-th when it is
             # outside the top k; of k+1 entries the k highest are always the true top k (see true_top_k).
-            kwargs.update(logprobs=True, top_logprobs=top_logprobs + 1,
-                          extra_body={"return_tokens_as_token_ids": True, "return_token_ids": True})
+            kwargs.update(logprobs=True, top_logprobs=top_logprobs + 1)
+            extra_body.update(return_tokens_as_token_ids=True, return_token_ids=True)
+        if extra_body:
+            kwargs["extra_body"] = extra_body
         assert self._pool is not None, "call load() first"
         pool = self._pool
 

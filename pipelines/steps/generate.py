@@ -71,7 +71,10 @@ class TeacherGeneration(Task):
         return ["samples", "model_name"]
 
     def format_input(self, input: dict[str, Any]) -> list[dict[str, str]]:  # noqa: A002
-        return build_messages(self.prompt, input["problem"])
+        messages = build_messages(self.prompt, input["problem"])
+        if input.get("prefix"):  # a final assistant message is continued (the LLM asks the server to)
+            messages.append({"role": "assistant", "content": input["prefix"]})
+        return messages
 
     def format_output(self, output: str | None, input: dict[str, Any] | None = None) -> dict[str, Any]:
         return {}
@@ -99,6 +102,10 @@ class TeacherGeneration(Task):
         row.pop(END_OF_STREAM, None)
         row["samples"] = (failed_samples(self.num_samples, output) if isinstance(output, BaseException)
                           else samples_from_output(output, self.num_samples, self.max_new_tokens))
+        if row.get("prefix"):  # the completion is the whole reply: the prefix, then what the teacher added
+            for sample in row["samples"]:
+                if sample.get("text") is not None:
+                    sample["text"] = row["prefix"] + sample["text"]
         row["model_name"] = self.llm.model_name
         return row
 
