@@ -43,7 +43,8 @@ class Variant(_Strict):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     method: Literal["sft", "kd"] = "sft"
-    data: Literal["filtered", "unfiltered"] = "filtered"  # unfiltered: every well-formed trace, wrong ones too
+    # unfiltered: every well-formed trace, wrong ones too; prm: the verified traces the lab's trained PRM passes
+    data: Literal["filtered", "unfiltered", "prm"] = "filtered"
     curriculum: bool = False  # two stages (short traces of easy problems first), the same total steps
     kd_beta: float = Field(0.0, ge=0.0, le=1.0)  # 0 forward KL(teacher || student), 1 reverse, between: JSD
     qat: bool = False  # quantization-aware training (`distill config --qat`): QAD with method kd
@@ -96,6 +97,28 @@ class OnPolicyArms(_Strict):
     arms: dict[str, Arm] = {"onpolicy": Arm(lmbda=1.0), "offpolicy": Arm(lmbda=0.0)}
 
 
+class PrmRecipe(_Strict):
+    """Issue 16 in the lab: `distill prm-label` on the teacher's traces, an Axolotl PRM per label kind (from the
+    teacher's checkpoint, with a fresh 2-class head), `distill prm-eval` on held-out traces whose first wrong step
+    is known exactly (lab/step_truth.py), and the PRM back in the filter (students with ``data: prm``)."""
+
+    completions: int = Field(8, ge=1, le=64)  # Monte Carlo completions per step prefix
+    until: Literal["first-error", "all"] = "first-error"
+    labels: list[Literal["hard", "soft"]] = ["hard", "soft"]  # one PRM each
+    filter_with: Literal["hard", "soft"] = "hard"  # the PRM that filters the `data: prm` students' traces
+    threshold: float = Field(0.5, ge=0.0, le=1.0)  # a trace whose weakest step is under it is rejected
+    max_steps: int = Field(300, ge=1)  # PRM training steps
+    micro_batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    held_out_problems: int = Field(200, ge=1)  # the teacher's traces on them are the prm-eval set
+
+    @model_validator(mode="after")
+    def _filter_trained(self) -> PrmRecipe:
+        if self.filter_with not in self.labels:
+            raise ValueError(f"filter_with: {self.filter_with!r} is not among labels {self.labels}")
+        return self
+
+
 class LabConfig(_Strict):
     name: str = "demo"
     teacher: TeacherRecipe = TeacherRecipe()
@@ -103,6 +126,7 @@ class LabConfig(_Strict):
     students: StudentTraining = StudentTraining()
     evaluation: Evaluation = Evaluation()
     onpolicy: OnPolicyArms | None = None
+    prm: PrmRecipe | None = None
     problems_seed: int = 0
 
     @model_validator(mode="after")
@@ -110,6 +134,10 @@ class LabConfig(_Strict):
         names = [v.name for v in self.students.variants]
         if self.onpolicy and self.onpolicy.start not in names:
             raise ValueError(f"onpolicy.start: {self.onpolicy.start!r} is not a variant ({', '.join(names)})")
+        if self.prm is None and any(v.data == "prm" for v in self.students.variants):
+            raise ValueError("students.variants: data 'prm' needs a prm: section (the PRM that filters)")
+        if self.prm is not None and self.teacher.task != "addition":
+            raise ValueError("prm: the lab knows the first wrong step of addition traces only (teacher.task)")
         return self
 
 

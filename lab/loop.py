@@ -2,10 +2,11 @@
 command (or Axolotl run) a user would type, printed before it runs.
 
 1. train (or reuse) a tiny teacher;  2. serve it with vLLM (`distill serve`);  3. `distill run`: n samples per
-problem at a temperature where some traces are wrong;  4. filter, then `distill export` SFT and KD (the teacher
-scores the student's exact tokens);  5. two students of a smaller shape, one random init, the same steps:
-`axolotl train` SFT and KD;  6. `distill eval` the teacher, the untrained student and both students on held-out
-problems;  7. the table and the plots.
+problem at a temperature where some traces are wrong (with a ``prm:`` section, then the PRM stage of
+lab/prm_stage.py: labels, PRM training and evaluation, the PRM filter);  4. filter, then `distill export`
+SFT and KD (the teacher scores the student's exact tokens);  5. students of a smaller shape, one random init,
+the same steps: `axolotl train` SFT and KD;  6. `distill eval` the teacher, the untrained student and the students
+on held-out problems;  7. the table and the plots.
 """
 
 from __future__ import annotations
@@ -180,8 +181,6 @@ class Loop:
 
     def train(self, exports: dict[tuple[str, str, bool], Path], inits: dict[int, Path]) -> dict[str, Path]:
         """Every variant from each seed's init, for the same number of steps; returns {model name: folder}."""
-        from pipelines.axolotl.train import losses, run_axolotl
-
         s = self.cfg.students
         self.stage(5, f"train {len(s.variants)} student variant(s) x {len(s.seeds)} seed(s) with Axolotl, "
                       f"{s.max_steps} steps each from one random init per seed: "
@@ -205,19 +204,27 @@ class Loop:
                                       "--smoke", *(["--qat"] if v.qat else []), *sets)
                 configs = [Path(p) for p in re.findall(r"wrote (\S+\.yaml)", output)]
                 for path in configs:
-                    self.echo(f"  $ distill train {path}")
-                    log = self.out / "logs" / f"{path.stem}.log"
-                    done = Path(yaml.safe_load(path.read_text())["output_dir"]) / "lab-trained.json"
-                    digest = hashlib.sha256(path.read_bytes() + _export_digest(path)).hexdigest()
-                    if done.exists() and json.loads(done.read_text()).get("config_sha256") == digest:
-                        self.echo(f"    reused: {done.parent} was trained from this config and data")
-                        continue
-                    steps = losses(run_axolotl("train", path, log=log, cwd=ROOT))
-                    done.write_text(json.dumps({"config_sha256": digest, "losses": steps}) + "\n")
-                    self.echo(f"    loss {steps[0]:.3f} -> {steps[-1]:.3f} over {overrides['max_steps']} steps "
-                              f"(log {log})" if steps else f"    trained (log {log})")
+                    self.train_config(path)
                 trained[name] = Path(yaml.safe_load(configs[-1].read_text())["output_dir"])
         return trained
+
+    def train_config(self, path: Path) -> Path:
+        """`axolotl train` one rendered config, unless its output was trained from the same config and data."""
+        from pipelines.axolotl.train import losses, run_axolotl
+
+        self.echo(f"  $ distill train {path}")
+        log = self.out / "logs" / f"{path.stem}.log"
+        config = yaml.safe_load(path.read_text())
+        done = Path(config["output_dir"]) / "lab-trained.json"
+        digest = hashlib.sha256(path.read_bytes() + _export_digest(path)).hexdigest()
+        if done.exists() and json.loads(done.read_text()).get("config_sha256") == digest:
+            self.echo(f"    reused: {done.parent} was trained from this config and data")
+            return done.parent
+        steps = losses(run_axolotl("train", path, log=log, cwd=ROOT))
+        done.write_text(json.dumps({"config_sha256": digest, "losses": steps}) + "\n")
+        self.echo(f"    loss {steps[0]:.3f} -> {steps[-1]:.3f} over {config.get('max_steps')} steps (log {log})"
+                  if steps else f"    trained (log {log})")
+        return done.parent
 
     def evaluate(self, held_out: Path, models: dict[str, str]) -> Path:
         e = self.cfg.evaluation
@@ -288,8 +295,13 @@ class Loop:
         train, held_out = self.problem_files()
         variants = self.cfg.students.variants
         with self.served_teacher(teacher) as base_url:
-            traces = {data: self.generate(self.spec(train, base_url, data), data)
-                      for data in sorted({v.data for v in variants})}
+            generated = {v.data for v in variants} - {"prm"} | ({"filtered"} if self.cfg.prm else set())
+            traces = {data: self.generate(self.spec(train, base_url, data), data) for data in sorted(generated)}
+            prm_summary = ""
+            if self.cfg.prm:
+                from lab.prm_stage import PrmStage
+
+                traces["prm"], prm_summary = PrmStage(self, teacher).run(base_url, traces["filtered"])
             inits = {seed: self.student_init(teacher, seed) for seed in self.cfg.students.seeds}
             exports = self.export(traces, next(iter(inits.values())), base_url)
             trained = self.train(exports, inits)
@@ -299,7 +311,7 @@ class Loop:
             results_dir = self.evaluate(held_out, models)
             onpolicy = self.onpolicy(base_url, trained, exports) if self.cfg.onpolicy else ""
         results = json.loads((results_dir / "results.json").read_text())
-        summary = summarize(results, self.cfg) + onpolicy
+        summary = summarize(results, self.cfg) + prm_summary + onpolicy
         (results_dir / "lab-summary.md").write_text(summary, encoding="utf-8")
         self.stage(7, f"results: {results_dir}/report.md, plots in {results_dir}/plots, summary below")
         self.echo(summary)
