@@ -82,7 +82,7 @@ class PrmStage:
         sets = {"max_steps": c.max_steps, "micro_batch_size": c.micro_batch_size, "learning_rate": c.learning_rate,
                 "lr_scheduler": "cosine", "warmup_steps": 10, "num_epochs": 1000, "logging_steps": 50,
                 "seed": 0}
-        self.loop.distill("config", "prm", "--dataset", labels, "--labels", kind, "--student", self.teacher,
+        self.loop.distill("config", "prm", "--data", labels, "--labels", kind, "--student", self.teacher,
                           "--out", config, "--output-dir", self.dir / name, "--prepared-dir",
                           self.loop.out / "prepared" / name, "--smoke",
                           *(a for k, v in sets.items() for a in ("--set", f"{k}={v}")))
