@@ -14,7 +14,7 @@ DATASET ?= gsm8k
 CONFIG ?=
 ARGS ?=
 
-.PHONY: help setup setup-train setup-vllm test lint demo demo-hub onpolicy pipeline serve eval train preprocess publish bench chaos clean
+.PHONY: help setup setup-train setup-vllm test lint demo demo-hub onpolicy pipeline serve eval train preprocess prm-label lab publish bench chaos clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -85,6 +85,16 @@ preprocess: ## Tokenise a config's datasets: make preprocess CONFIG=...
 onpolicy: $(VENV)/$(STAMP) $(VENV_TRAIN)/$(STAMP) $(VENV_VLLM)/$(STAMP) ## On-policy distillation rounds: make onpolicy CONFIG=pipelines/onpolicy/configs/qwen2.5-1.5b.yaml
 	@test -n "$(CONFIG)" || { echo "error: CONFIG is required: make onpolicy CONFIG=pipelines/onpolicy/configs/<file>.yaml"; exit 2; }
 	$(DISTILL) onpolicy $(CONFIG) $(ARGS)
+
+IN ?=
+OUT ?=
+prm-label: $(VENV)/$(STAMP) ## Math-Shepherd step labels from the teacher: make prm-label IN=out/gsm8k OUT=out/gsm8k-labels ARGS="--teacher-url http://127.0.0.1:8000/v1"
+	@test -n "$(IN)" -a -n "$(OUT)" || { echo "error: IN and OUT are required: make prm-label IN=<dataset folder> OUT=<folder>"; exit 2; }
+	$(DISTILL) prm-label $(IN) --out $(OUT) $(ARGS)
+
+LAB ?= demo
+lab: $(VENV)/$(STAMP) $(VENV_TRAIN)/$(STAMP) $(VENV_VLLM)/$(STAMP) ## A lab experiment of docs/lab.md: make lab LAB=prm (lab/configs/<LAB>.yaml)
+	HF_HUB_OFFLINE=1 $(TRAIN_ENV) $(DISTILL) lab run $(LAB) $(ARGS)
 
 publish: ## Push a dataset folder to the Hub: make publish DATASET=out/gsm8k REPO=owner/name (ARGS="--dry-run DIR")
 	@test -n "$(REPO)" || { echo "error: REPO is required: make publish DATASET=out/<name> REPO=owner/name"; exit 2; }
