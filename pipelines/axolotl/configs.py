@@ -16,7 +16,8 @@ import yaml
 from pipelines.spec import SpecError
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "axolotl_configs"
-METHODS = {"sft": "sft-qwen2.5-1.5b.yaml", "kd": "kd-qwen2.5-1.5b.yaml", "kd-online": "kd-online-qwen2.5-1.5b.yaml"}
+METHODS = {"sft": "sft-qwen2.5-1.5b.yaml", "kd": "kd-qwen2.5-1.5b.yaml", "kd-online": "kd-online-qwen2.5-1.5b.yaml",
+           "prm": "prm-qwen2.5-1.5b.yaml"}
 DELETE = object()  # a value that removes the key
 # A few steps on CPU in float32: for tests and plumbing checks, never for a real run.
 SMOKE: dict[str, Any] = {
@@ -209,3 +210,28 @@ def write_configs(method: str, export_dir: Path, manifest: dict[str, Any], stude
         path.write_text(header + render(text, values, dataset), encoding="utf-8")
         written.append(path)
     return written
+
+
+def write_prm_config(labels: Path, student: str, out: Path, mode: str = "hard", template: str | None = None,
+                     output_dir: Path | None = None, prepared_dir: Path | None = None,
+                     overrides: dict[str, Any] | None = None, smoke: bool = False) -> tuple[Path, dict[str, Any]]:
+    """``distill config prm``: write the boolean stepwise file for ``labels.jsonl`` (``--labels hard|soft``, next to
+    it) and a config training a PRM on it; returns the config and what the file holds."""
+    from prm.stepwise_data import write_stepwise
+
+    if mode not in ("hard", "soft"):
+        raise SpecError(f"--labels: {mode!r} is not hard or soft")
+    path = template_path("prm", template)
+    text = path.read_text(encoding="utf-8")
+    data, stats = write_stepwise(labels, mode)  # type: ignore[arg-type]
+    output_dir = output_dir or Path("out/train") / out.stem
+    prepared_dir = prepared_dir or Path("out/prepared") / out.stem
+    values = {"base_model": student, "output_dir": str(output_dir), "dataset_prepared_path": str(prepared_dir),
+              **(SMOKE if smoke else {}), **(overrides or {})}
+    dataset = {"path": str(data.resolve()), "ds_type": "json"}
+    header = (f"# Rendered by `distill config prm` from {path.name} for {labels} ({mode} labels: {stats['rows']} "
+              f"rows, {stats['positive_steps']} of {stats['steps']} steps good)"
+              + (" [smoke profile]" if smoke else "") + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(header + render(text, values, dataset), encoding="utf-8")
+    return out, stats
