@@ -33,6 +33,9 @@ SMOKE: dict[str, Any] = {
 # scheme `distill export-model --quantize int4` applies after training (axolotl_configs/kd-qat-qwen2.5-1.5b.yaml).
 QAT: dict[str, Any] = {"qat": {"activation_dtype": "int8", "weight_dtype": "int4", "group_size": 32,
                                "quantize_embedding": False}}
+# stepwise_supervised keys Axolotl 0.19 drops (its schema matches the entry as an SFTDataset) and what it uses instead
+STEPWISE_DROPPED: dict[str, Any] = {"step_separator": "\n", "train_on_last_step_only": False,
+                                    "max_completion_length": None}
 _SCALAR = (str, int, float, bool, type(None))
 APPENDED = "# --- set by `distill config` (not in the template) ---"
 
@@ -223,6 +226,11 @@ def write_prm_config(labels: Path, student: str, out: Path, mode: str = "hard", 
         raise SpecError(f"--labels: {mode!r} is not hard or soft")
     path = template_path("prm", template)
     text = path.read_text(encoding="utf-8")
+    entry = (yaml.safe_load(text).get("datasets") or [{}])[0]
+    for key, default in STEPWISE_DROPPED.items():
+        if entry.get(key, default) != default:
+            raise SpecError(f"--template: {key}: {entry[key]!r} would be ignored: Axolotl 0.19 reads the dataset entry "
+                            f"as an SFT one, without {key}, and trains with {default!r}; keep {default!r}")
     data, stats = write_stepwise(labels, mode)  # type: ignore[arg-type]
     output_dir = output_dir or Path("out/train") / out.stem
     prepared_dir = prepared_dir or Path("out/prepared") / out.stem
