@@ -166,3 +166,29 @@ def test_prm_eval_reads_trl_rows_with_the_first_false_label_as_the_error(tmp_pat
     bad = labels_file(tmp_path, [{**ROW, "labels": [True]}])
     with pytest.raises(SpecError, match=r"labels.jsonl:1: 1 labels for 3 completions"):
         load_labelled(bad)
+
+
+def test_config_prm_renders_the_template_for_the_chosen_labels(tmp_path: Path) -> None:
+    import yaml
+
+    from pipelines.axolotl.configs import TEMPLATES_DIR, write_prm_config
+
+    labels = labels_file(tmp_path, [ROW])
+    out, stats = write_prm_config(labels, "Qwen/Qwen2.5-Math-1.5B", tmp_path / "prm.yaml", "soft", smoke=True,
+                                  overrides={"max_steps": 40})
+    text = out.read_text()
+    config = yaml.safe_load(text)
+    assert config["datasets"][0] == {"path": str((tmp_path / "stepwise-soft.jsonl").resolve()), "ds_type": "json",
+                                     "split": "train", "type": "stepwise_supervised", "step_separator": "\n",
+                                     "train_on_last_step_only": False}
+    assert config["process_reward_model"] is True and config["num_labels"] == 2 and config["max_steps"] == 40
+    assert config["output_dir"] == "out/train/prm" and config["bf16"] is False  # smoke profile
+    assert "# Axolotl's PRM trainer (TRL's PRMTrainer)" in text  # the template's comments stay
+    assert stats["positive_steps"] == 1 and text.startswith("# Rendered by `distill config prm`")
+    other = tmp_path / "other.yaml"
+    other.write_text((TEMPLATES_DIR / "prm-qwen2.5-1.5b.yaml").read_text().replace(
+        "train_on_last_step_only: false", "train_on_last_step_only: true"))
+    with pytest.raises(SpecError, match=r"--template: train_on_last_step_only: True would be ignored"):
+        write_prm_config(labels, "m", tmp_path / "x.yaml", template=str(other))
+    with pytest.raises(SpecError, match=r"--labels: 'all' is not hard or soft"):
+        write_prm_config(labels, "m", tmp_path / "x.yaml", "all")

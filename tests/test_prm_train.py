@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, require_venv, run_distill, write_jsonl, write_spec
+from conftest import ROOT, require_venv, run_distill, served, write_jsonl, write_spec
 
 from pipelines.loopback.teacher import LoopbackTeacher
 from prm.encode import encode_stepwise
@@ -216,7 +216,7 @@ def test_trained_prm_is_a_token_classifier_that_tells_right_steps_from_wrong(tra
     right, wrong = [s for s, ok in pairs if ok], [s for s, ok in pairs if not ok]
     print(f"trained PRM: mean reward {sum(right) / len(right):.3f} at right steps, {sum(wrong) / len(wrong):.3f} "
           f"at wrong ones")
-    assert sum(right) / len(right) > 0.8 and sum(wrong) / len(wrong) < 0.2
+    assert sum(right) / len(right) > 0.75 and sum(wrong) / len(wrong) < 0.25  # seen: 0.91/0.13, 0.997/0.003
 
     # the untrained base is no token classifier: one line naming the field and the fix
     bad = run_distill("prm-eval", "--model", workdir / "base", "--style", "stepwise", "--data",
@@ -262,3 +262,22 @@ def test_prm_score_and_a_spec_prm_section_reject_the_traces_with_a_wrong_step(tr
     assert len(run) == 12 and run.correct.all()
     for row in run.itertuples():
         assert row.kept == by_problem[row.problem] and (row.rejection_reason == "prm") == (not row.kept), row
+
+
+@pytest.mark.vllm
+def test_real_vllm_pooling_server_scores_the_trained_prm_as_transformers_does(trained: dict[str, Any],
+                                                                             workdir: Path) -> None:
+    """`distill serve --task reward` (real vLLM, CPU build) on the trained PRM; the backend sends token ids."""
+    from pipelines.spec import PrmConfig
+    from prm.scorer import PrmScorer
+
+    heldout = [json.loads(line) for line in (workdir / "heldout.jsonl").read_text().splitlines()]
+    items = [(r["prompt"], r["completions"]) for r in heldout]
+    local = PrmScorer(PrmConfig(model=str(trained["model"]), style="stepwise", device="cpu")).step_rewards(items)
+    with served(trained["model"], "trained-prm", "--task", "reward", log_dir=workdir / "vllm-logs") as server:
+        cfg = PrmConfig(model=str(trained["model"]), style="stepwise", backend="vllm", base_url=server.base_url,
+                        served_model=server.name, batch_size=7, max_concurrency=2)
+        remote = PrmScorer(cfg).step_rewards(items)
+    for want, got in zip(local, remote, strict=True):
+        assert got == pytest.approx(want, abs=1e-4)
+    assert min(min(r) for r in remote) < 0.2 < 0.8 < max(max(r) for r in remote)  # the trained scores, not noise
