@@ -91,6 +91,8 @@ def config(
         if method == "prm":
             if data is None:
                 raise SpecError("--data: missing; give the labels.jsonl written by `distill prm-label IN --out DIR`")
+            if qat:
+                raise SpecError("--qat: not for prm; quantization-aware training is for students (sft, kd)")
             path, stats = write_prm_config(data, student, out, labels, template=template, output_dir=output_dir,
                                            prepared_dir=prepared_dir, overrides=parse_overrides(set_ or []),
                                            smoke=smoke)
