@@ -168,7 +168,8 @@ class PrmConfig(_Strict):
     """The process reward model that scores each step of a kept thought (issue 3; see prm/)."""
 
     model: str
-    style: Literal["math-shepherd", "qwen-prm"] = "math-shepherd"
+    # stepwise: a token classifier trained by Axolotl (`distill config prm`; prm/encode.py reads it as Axolotl wrote it)
+    style: Literal["math-shepherd", "qwen-prm", "stepwise"] = "math-shepherd"
     backend: Literal["transformers", "vllm"] = "transformers"
     base_url: str = "http://127.0.0.1:8001"  # vllm: a pooling server (prm.backend_vllm.server_args)
     served_model: str | None = None  # vllm: the served model name (default: model)
@@ -177,7 +178,8 @@ class PrmConfig(_Strict):
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     split: Literal["auto", "blank_lines", "step_markers", "lines", "regex"] = "auto"
     split_pattern: str | None = None  # split == "regex": a step ends after each match
-    step_tag: str | None = None  # default: " ки" (math-shepherd) or "<extra_0>" (qwen-prm)
+    # default: " ки" (math-shepherd), "<extra_0>" (qwen-prm), "\n" (stepwise: the training config's step_separator)
+    step_tag: str | None = None
     good_token: str = "+"
     bad_token: str = "-"
     system: str = "Please reason step by step, and put your final answer within \\boxed{}."  # qwen-prm
@@ -214,7 +216,9 @@ class PrmConfig(_Strict):
 
     @property
     def tag(self) -> str:
-        return self.step_tag or (" ки" if self.style == "math-shepherd" else "<extra_0>")
+        if self.step_tag:
+            return self.step_tag
+        return {"math-shepherd": " ки", "qwen-prm": "<extra_0>"}.get(self.style, "\n")
 
 
 class SimilarityConfig(_Strict):

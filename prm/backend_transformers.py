@@ -41,6 +41,9 @@ def model_loader(cfg: PrmConfig) -> Any:
         raise SpecError(f"prm.model: cannot load {cfg.model!r} ({type(exc).__name__}); give a local path "
                         "or a Hub id available offline") from None
     architectures = getattr(config, "architectures", None) or []
+    if cfg.style == "stepwise":
+        check_token_classifier(cfg.model, architectures, getattr(config, "num_labels", None))
+        return AutoModelForTokenClassification
     if cfg.style == "qwen-prm":
         remote = any("ProcessRewardModel" in a for a in architectures)
         if remote and not cfg.trust_remote_code:
@@ -50,8 +53,19 @@ def model_loader(cfg: PrmConfig) -> Any:
     return AutoModelForCausalLM
 
 
+def check_token_classifier(model: str, architectures: list[str], num_labels: int | None) -> None:
+    """A stepwise PRM is a 2-label ``*ForTokenClassification`` checkpoint (Axolotl's ``process_reward_model``)."""
+    if not any(a.endswith("ForTokenClassification") for a in architectures):
+        found = architectures[0] if architectures else "a model without architectures"
+        raise SpecError(f"prm.model: {model!r} is {found}, not a token classifier; style stepwise needs a PRM "
+                        "trained with `distill config prm` (process_reward_model: true), or pick the style it has")
+    if num_labels != 2:
+        raise SpecError(f"prm.model: {model!r} has {num_labels} labels; a stepwise PRM has 2 (num_labels: 2 in "
+                        "its training config)")
+
+
 def load_model(cfg: PrmConfig, device: str, dtype: Any) -> Any:
-    """The causal LM (math-shepherd) or the 2-class token-level reward model (qwen-prm)."""
+    """The causal LM (math-shepherd) or the 2-class token-level reward model (qwen-prm, stepwise)."""
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     if not cfg.trust_remote_code:
         kwargs["attn_implementation"] = "sdpa"

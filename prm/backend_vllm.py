@@ -6,6 +6,8 @@ Checked with vLLM 0.32 (``--task reward`` is gone); ``server_args(cfg, tokenizer
   "tok_pooling_type": "ALL"}'``. Qwen2.5-Math-PRM runs as vLLM's ``Qwen2ForProcessRewardModel``, a
   ``*ForTokenClassification`` checkpoint (the tiny PRM of prm/tiny.py) through ``--convert classify``
   (automatic); rows are ``softmax(head)`` = ``[P(0), P(1)]``.
+- ``stepwise`` (a token classifier trained by ``distill config prm``): served as qwen-prm is; its ids are built
+  piece by piece as Axolotl built them (prm/encode.py), so they are sent as token ids, never as text.
 - ``math-shepherd`` (a causal LM): ``vllm serve MODEL --runner pooling --convert classify --hf-overrides
   '{"classifier_from_token": ["+", "-"], "method": "no_post_processing"}' --pooler-config (as above)``: the
   classifier is the two LM-head rows of the vocabulary entries ``+``/``-`` (token strings, not text:
@@ -24,7 +26,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pipelines.spec import PrmConfig
+from pipelines.spec import PrmConfig, SpecError
 from prm.encode import EncodedTrace, load_tokenizer, pair_reward, token_ids
 
 
@@ -45,6 +47,9 @@ def server_args(cfg: PrmConfig, tokenizer: Any, step_pooling: bool = False) -> l
     last token never occurs elsewhere in a trace (else the row count mismatches and scoring fails).
     """
     pooler: dict[str, Any] = {"task": "token_classify", "tok_pooling_type": "ALL"}
+    if step_pooling and cfg.style == "stepwise":
+        raise SpecError("step_pooling: a stepwise PRM's separator token also occurs inside steps; serve it with "
+                        "ALL pooling (the default)")
     if step_pooling:
         pooler.update(tok_pooling_type="STEP", step_tag_id=token_ids(tokenizer, cfg.tag))
     args = ["--runner", "pooling"]
@@ -96,7 +101,7 @@ class VLLMPoolingBackend:
         self.bad_id = token_ids(self.tokenizer, cfg.bad_token)
         self.session = requests.Session()
 
-    def _post(self, texts: list[str]) -> list[Any]:
+    def _post(self, texts: list[str] | list[list[int]]) -> list[Any]:
         import requests
 
         try:
@@ -115,11 +120,17 @@ class VLLMPoolingBackend:
             raise PrmServerError(f"{self.url} returned {len(items)} results for {len(texts)} inputs")
         return [item["data"] for item in items]
 
+    def _inputs(self, traces: list[EncodedTrace]) -> list[str] | list[list[int]]:
+        """Texts, or for ``stepwise`` the ids themselves (re-tokenising the joined text would merge tokens)."""
+        if self.cfg.style == "stepwise":
+            return [t.input_ids for t in traces]
+        return [t.text for t in traces]
+
     def score(self, traces: list[EncodedTrace]) -> list[list[float]]:
         size = self.cfg.batch_size
         chunks = [traces[i:i + size] for i in range(0, len(traces), size)]
         with ThreadPoolExecutor(max_workers=self.cfg.max_concurrency) as pool:
-            answers = list(pool.map(lambda chunk: self._post([t.text for t in chunk]), chunks))
+            answers = list(pool.map(lambda chunk: self._post(self._inputs(chunk)), chunks))
         results = []
         for chunk, rows_list in zip(chunks, answers, strict=True):
             for trace, rows in zip(chunk, rows_list, strict=True):

@@ -11,6 +11,8 @@ import typer
 from pipelines.spec import PrmConfig, SpecError
 
 SPEC_HELP = "Take the defaults from this spec's prm: section (flags override it)."
+STEP_TAG_HELP = ("The text after each step (default: ' ки', '<extra_0>', or for stepwise a newline, Axolotl's "
+                 "step_separator).")
 
 
 def _fail(message: str) -> None:
@@ -60,12 +62,14 @@ def register(app: typer.Typer) -> None:
                                     "assistant messages."),
         out_dir: Path = typer.Option(..., "--out", help="Where to write the scored dataset (may be --in)."),
         model: Optional[str] = typer.Option(None, help="PRM path or Hub id."),
-        style: Optional[str] = typer.Option(None, help="math-shepherd | qwen-prm."),
+        style: Optional[str] = typer.Option(None, help="math-shepherd | qwen-prm | stepwise (trained by "
+                                             "`distill config prm`)."),
         spec: Optional[str] = typer.Option(None, help=SPEC_HELP),
         backend: Optional[str] = typer.Option(None, help="transformers | vllm."),
         base_url: Optional[str] = typer.Option(None, help="vllm: the PRM server, e.g. http://127.0.0.1:8001."),
         served_model: Optional[str] = typer.Option(None, help="vllm: the served model name."),
         tokenizer: Optional[str] = typer.Option(None, help="Tokenizer path or id (default: the model)."),
+        step_tag: Optional[str] = typer.Option(None, help=STEP_TAG_HELP),
         threshold: Optional[float] = typer.Option(None, help="Reject traces whose score is below this."),
         aggregation: Optional[str] = typer.Option(None, help="min | mean | last | product."),
         split: Optional[str] = typer.Option(None, help="auto | blank_lines | step_markers | lines | regex."),
@@ -83,7 +87,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             cfg = prm_config(spec, model=model, style=style, backend=backend, base_url=base_url,
-                             served_model=served_model, tokenizer=tokenizer, threshold=threshold,
+                             served_model=served_model, tokenizer=tokenizer, step_tag=step_tag, threshold=threshold,
                              aggregation=aggregation, split=split, split_pattern=split_pattern, batch_size=batch_size,
                              max_tokens=max_tokens, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                              score_rejected=score_rejected)
@@ -101,12 +105,14 @@ def register(app: typer.Typer) -> None:
     @app.command("prm-eval")
     def prm_eval(
         model: Optional[str] = typer.Option(None, help="PRM path or Hub id."),
-        style: Optional[str] = typer.Option(None, help="math-shepherd | qwen-prm."),
+        style: Optional[str] = typer.Option(None, help="math-shepherd | qwen-prm | stepwise (trained by "
+                                             "`distill config prm`)."),
         data: Optional[Path] = typer.Option(None, help="Labelled jsonl (default: prm/data/processbench_mini.jsonl)."),
         spec: Optional[str] = typer.Option(None, help=SPEC_HELP),
         backend: Optional[str] = typer.Option(None, help="transformers | vllm."),
         base_url: Optional[str] = typer.Option(None, help="vllm: the PRM server."),
         tokenizer: Optional[str] = typer.Option(None, help="Tokenizer path or id (default: the model)."),
+        step_tag: Optional[str] = typer.Option(None, help=STEP_TAG_HELP),
         threshold: Optional[float] = typer.Option(None, help="A step below this is a predicted error."),
         batch_size: Optional[int] = typer.Option(None, help="Traces per forward pass / request."),
         max_tokens: Optional[int] = typer.Option(None, help="The PRM's context budget per trace."),
@@ -121,8 +127,8 @@ def register(app: typer.Typer) -> None:
 
         try:
             cfg = prm_config(spec, model=model, style=style, backend=backend, base_url=base_url, tokenizer=tokenizer,
-                             threshold=threshold, batch_size=batch_size, max_tokens=max_tokens, device=device,
-                             dtype=dtype, trust_remote_code=trust_remote_code)
+                             step_tag=step_tag, threshold=threshold, batch_size=batch_size, max_tokens=max_tokens,
+                             device=device, dtype=dtype, trust_remote_code=trust_remote_code)
             traces = load_labelled(data or MINI_SET)
             report = evaluate(_scorer(cfg), traces, cfg.threshold)
         except (SpecError, PrmServerError) as exc:

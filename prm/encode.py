@@ -4,6 +4,9 @@
   LM logits at the i-th tag: ``P('+') / (P('+') + P('-'))``.
 - ``qwen-prm`` (Qwen2.5-Math-PRM): a chat (system, user = problem, assistant = steps each followed by
   ``<extra_0>``); the reward is ``softmax(head logits)[1]`` at each separator.
+- ``stepwise`` (a token classifier trained by Axolotl's ``stepwise_supervised`` strategy, ``distill config prm``):
+  the ids are built exactly as Axolotl 0.19 built them (``encode_stepwise``), piece by piece, not from one text;
+  the reward is ``softmax(head logits)[1]`` at the last token of each step + separator, where the label was.
 
 Tag positions come from the tokenizer's character offsets, not from searching for the tag's token id:
 a tag that BPE splits into several tokens is read at its last token (as Math-Shepherd's
@@ -77,7 +80,7 @@ def build_text(style: str, problem: str, steps: list[str], tag: str, system: str
             offset += len(step) + len(tag)
             ends.append(offset)
         return text, ends
-    raise SpecError(f"prm.style: unknown style {style!r}; use math-shepherd or qwen-prm")
+    raise SpecError(f"prm.style: unknown style {style!r}; use math-shepherd, qwen-prm or stepwise")
 
 
 def tag_positions(offsets: list[tuple[int, int]], ends: list[int]) -> list[int]:
@@ -93,7 +96,31 @@ def tag_positions(offsets: list[tuple[int, int]], ends: list[int]) -> list[int]:
     return positions
 
 
+def encode_stepwise(tokenizer: Any, problem: str, steps: list[str], separator: str) -> EncodedTrace:
+    """Axolotl 0.19's ``StepwiseSupervisedPromptTokenizingStrategy`` (as TRL's PRMTrainer): the prompt and each
+    step are tokenised on their own without special tokens, each step is followed by the separator's ids, a BOS
+    (if the tokenizer has one) goes first, and step i's label sits on the last token of step i + separator.
+    Nothing separates the prompt from the first step. The steps are stripped, as ``distill prm-label`` wrote them.
+    """
+    def ids(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    separator_ids = ids(separator)
+    if not separator_ids:
+        raise SpecError(f"prm.step_tag: the separator {separator!r} encodes to no token; use the training "
+                        "config's step_separator (default \\n)")
+    input_ids = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids(problem)
+    text, positions = problem, []
+    for step in (s.strip() for s in steps):
+        input_ids += ids(step) + separator_ids
+        positions.append(len(input_ids) - 1)
+        text += step + separator
+    return EncodedTrace(text, input_ids, positions)
+
+
 def encode_trace(tokenizer: Any, cfg: PrmConfig, problem: str, steps: list[str]) -> EncodedTrace:
+    if cfg.style == "stepwise":
+        return encode_stepwise(tokenizer, problem, steps, cfg.tag)
     text, ends = build_text(cfg.style, problem, steps, cfg.tag, cfg.system, tokenizer)
     encoded = tokenizer(text, return_offsets_mapping=True, add_special_tokens=cfg.style == "math-shepherd")
     return EncodedTrace(text, list(encoded["input_ids"]), tag_positions(encoded["offset_mapping"], ends))

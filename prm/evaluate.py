@@ -27,8 +27,16 @@ class LabelledTrace:
     label: int  # index of the first wrong step, -1 when every step is right
 
 
+def first_false(labels: list[Any]) -> int:
+    """TRL stepwise labels (``distill prm-label``'s ``labels``) → the index of the first wrong step, -1 if none."""
+    if not all(isinstance(v, bool) for v in labels):
+        raise ValueError("labels must be booleans")
+    return next((i for i, good in enumerate(labels) if not good), -1)
+
+
 def load_labelled(path: Path) -> list[LabelledTrace]:
-    """Read a jsonl of {"problem", "steps", "label"} (optional "id"); errors name the line."""
+    """Read a jsonl of {"problem", "steps", "label"} (optional "id"), or of TRL stepwise rows {"prompt",
+    "completions", "labels": [bool]} as ``distill prm-label`` writes them; errors name the line."""
     if not path.is_file():
         raise SpecError(f"--data: {path} not found; give a jsonl with problem, steps, label")
     traces = []
@@ -37,6 +45,11 @@ def load_labelled(path: Path) -> list[LabelledTrace]:
             continue
         try:
             row = json.loads(line)
+            if "completions" in row:  # TRL stepwise: the first false label is the first wrong step
+                row = {**row, "problem": row["prompt"], "steps": row["completions"],
+                       "label": first_false(row["labels"])}
+                if len(row["labels"]) != len(row["steps"]):
+                    raise ValueError(f"{len(row['labels'])} labels for {len(row['steps'])} completions")
             steps, label = row["steps"], int(row["label"])
             if not isinstance(steps, list) or not steps or not all(isinstance(s, str) and s.strip() for s in steps):
                 raise ValueError("steps must be a non-empty list of non-empty strings")
@@ -44,7 +57,8 @@ def load_labelled(path: Path) -> list[LabelledTrace]:
                 raise ValueError(f"label {label} is not -1 or a step index below {len(steps)}")
             traces.append(LabelledTrace(str(row.get("id", number)), str(row["problem"]), steps, label))
         except (ValueError, KeyError, TypeError) as exc:
-            raise SpecError(f"--data: {path}:{number}: {exc}; each line needs problem, steps, label") from None
+            raise SpecError(f"--data: {path}:{number}: {exc}; each line needs problem, steps, label (or prompt, "
+                            "completions, labels)") from None
     if not traces:
         raise SpecError(f"--data: {path} has no traces")
     return traces

@@ -40,10 +40,14 @@ class LoopbackPrmServer:
         assert self._http is not None, "server not started"
         return self._http.url
 
-    def rows(self, text: str, add_special_tokens: bool = True) -> list[list[float]]:
+    def rows(self, text: str | list[int], add_special_tokens: bool = True) -> list[list[float]]:
+        """Per-token rows for a text (tokenised here) or, as vLLM takes them too, for token ids."""
         import torch
 
-        ids = self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]  # vLLM's default: True
+        if isinstance(text, list):
+            ids = text
+        else:
+            ids = self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]  # vLLM's default: True
         with torch.inference_mode():
             logits = self.model(input_ids=torch.tensor([ids])).logits[0].float()
         if self.style == "math-shepherd":
@@ -54,7 +58,8 @@ class LoopbackPrmServer:
         return probs.tolist()
 
     def pool(self, body: dict[str, Any]) -> dict[str, Any]:
-        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        single = isinstance(body["input"], str) or (body["input"] and isinstance(body["input"][0], int))
+        texts = [body["input"]] if single else body["input"]
         with self._lock:
             self.requests.append(body)
             special = body.get("add_special_tokens", True)

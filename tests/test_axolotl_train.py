@@ -229,5 +229,5 @@ def test_shipped_templates_pass_axolotls_own_validation(axolotl_bin: Path) -> No
                             timeout=600, cwd=ROOT, env={**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1",
                                                         "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("valid ") == len(templates) == 7  # + sft-qat, kd-qat
+    assert result.stdout.count("valid ") == len(templates) == 8  # + sft-qat, kd-qat, prm
     assert "deprecated and will be removed" not in result.stdout + result.stderr

@@ -60,13 +60,28 @@ def direct_qwen_prm(model_dir: Path, problem: str, steps: list[str], system: str
     return probs[ids[0] == tok.convert_tokens_to_ids("<extra_0>")].tolist()
 
 
+def direct_stepwise(model_dir: Path, problem: str, steps: list[str], separator: str = "\n") -> list[float]:
+    """An Axolotl-trained PRM read by hand: Axolotl's stepwise_supervised ids (each piece tokenised alone), one
+    trace, softmax(logits)[..., 1] at the last token of each step + separator."""
+    tok, model = _load(Path(model_dir), AutoModelForTokenClassification)
+    ids, positions = tok.encode(problem, add_special_tokens=False), []
+    for step in steps:
+        ids += tok.encode(step, add_special_tokens=False) + tok.encode(separator, add_special_tokens=False)
+        positions.append(len(ids) - 1)
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.tensor([ids])).logits[0], dim=-1)[:, 1]
+    return probs[positions].tolist()
+
+
 def _expected(style: str, model_dir: Path, cfg: PrmConfig) -> list[list[float]]:
+    if style == "stepwise":
+        return [direct_stepwise(model_dir, PROBLEM, steps) for steps in TRACES]
     if style == "math-shepherd":
         return [direct_math_shepherd(model_dir, PROBLEM, steps) for steps in TRACES]
     return [direct_qwen_prm(model_dir, PROBLEM, steps, cfg.system) for steps in TRACES]
 
 
-@pytest.mark.parametrize("style", ["math-shepherd", "qwen-prm"])
+@pytest.mark.parametrize("style", ["math-shepherd", "qwen-prm", "stepwise"])
 def test_batched_scores_equal_direct_forward_pass(style: str, tiny_model_dir: Path, tiny_prm_dir: Path) -> None:
     model_dir = tiny_model_dir if style == "math-shepherd" else tiny_prm_dir
     cfg = PrmConfig(model=str(model_dir), style=style, batch_size=8)
@@ -111,7 +126,7 @@ def test_a_tag_string_inside_a_step_is_not_taken_for_a_tag(tiny_model_dir: Path)
 
 
 @pytest.mark.parametrize("style,pooling", [("math-shepherd", "all"), ("math-shepherd", "step"),
-                                           ("qwen-prm", "all"), ("qwen-prm", "step")])
+                                           ("qwen-prm", "all"), ("qwen-prm", "step"), ("stepwise", "all")])
 def test_vllm_pooling_backend_matches_direct_computation(style: str, pooling: str, tiny_model_dir: Path,
                                                          tiny_prm_dir: Path) -> None:
     model_dir = tiny_model_dir if style == "math-shepherd" else tiny_prm_dir
@@ -119,8 +134,13 @@ def test_vllm_pooling_backend_matches_direct_computation(style: str, pooling: st
         cfg = PrmConfig(model=str(model_dir), style=style, backend="vllm", base_url=server.base_url + "/v1",
                         served_model="loopback-prm", batch_size=3, max_concurrency=2)
         got = PrmScorer(cfg).step_rewards([(PROBLEM, steps) for steps in TRACES])
-        assert len(server.requests) == 2 and server.requests[0]["input"][0].startswith(
-            PROBLEM if style == "math-shepherd" else "<|im_start|>system")
+        first = server.requests[0]["input"][0]
+        if style == "stepwise":  # token ids, built as Axolotl built them, not a text to re-tokenise
+            problem_ids = AutoTokenizer.from_pretrained(model_dir)(PROBLEM, add_special_tokens=False)["input_ids"]
+            assert isinstance(first, list) and first[:len(problem_ids)] == problem_ids
+        else:
+            assert first.startswith(PROBLEM if style == "math-shepherd" else "<|im_start|>system")
+        assert len(server.requests) == 2
     for scores, want in zip(got, _expected(style, model_dir, cfg), strict=True):
         assert scores == pytest.approx(want, abs=1e-4)
 

@@ -69,8 +69,10 @@ def export(
 
 
 def config(
-    method: str = typer.Argument(..., help="sft | kd | kd-online."),
-    dataset: Path = typer.Option(..., help="A folder written by `distill export`."),
+    method: str = typer.Argument(..., help="sft | kd | kd-online | prm."),
+    dataset: Optional[Path] = typer.Option(None, help="A folder written by `distill export` (sft, kd, kd-online)."),
+    data: Optional[Path] = typer.Option(None, help="prm: the labels.jsonl written by `distill prm-label`."),
+    labels: str = typer.Option("hard", help="prm: hard (any continuation reaches the gold) | soft (most do)."),
     student: str = typer.Option(..., help="Student model (path or Hub id)."),
     out: Path = typer.Option(..., help="The config file to write (curriculum: <stem>-stage1.yaml, -stage2.yaml)."),
     template: Optional[str] = typer.Option(None, help="A template in axolotl_configs/ or a YAML path."),
@@ -81,11 +83,24 @@ def config(
     qat: bool = typer.Option(False, help="Quantization-aware training: int8 activations + int4 weights (torchao "
                                          "fake quantization); export with `distill export-model --quantize int4`."),
 ) -> None:
-    """Render a complete Axolotl config for an export from the templates in axolotl_configs/."""
-    from pipelines.axolotl.configs import parse_overrides, write_configs
+    """Render a complete Axolotl config for an export (or, for prm, for PRM labels) from axolotl_configs/."""
+    from pipelines.axolotl.configs import parse_overrides, write_configs, write_prm_config
     from pipelines.axolotl.export import read_manifest
 
     try:
+        if method == "prm":
+            if data is None:
+                raise SpecError("--data: missing; give the labels.jsonl written by `distill prm-label IN --out DIR`")
+            if qat:
+                raise SpecError("--qat: not for prm; quantization-aware training is for students (sft, kd)")
+            path, stats = write_prm_config(data, student, out, labels, template=template, output_dir=output_dir,
+                                           prepared_dir=prepared_dir, overrides=parse_overrides(set_ or []),
+                                           smoke=smoke)
+            typer.echo(f"wrote {path}: make train CONFIG={path} ({stats['rows']} rows, {stats['labels']} labels: "
+                       f"{stats['positive_steps']} of {stats['steps']} steps good)")
+            return
+        if dataset is None:
+            raise SpecError(f"--dataset: missing; give the folder `distill export` wrote for {method}")
         manifest = read_manifest(dataset)
         paths = write_configs(method, dataset, manifest, student, out, template=template, output_dir=output_dir,
                               prepared_dir=prepared_dir, overrides=parse_overrides(set_ or []), smoke=smoke, qat=qat)

@@ -16,7 +16,8 @@ import yaml
 from pipelines.spec import SpecError
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "axolotl_configs"
-METHODS = {"sft": "sft-qwen2.5-1.5b.yaml", "kd": "kd-qwen2.5-1.5b.yaml", "kd-online": "kd-online-qwen2.5-1.5b.yaml"}
+METHODS = {"sft": "sft-qwen2.5-1.5b.yaml", "kd": "kd-qwen2.5-1.5b.yaml", "kd-online": "kd-online-qwen2.5-1.5b.yaml",
+           "prm": "prm-qwen2.5-1.5b.yaml"}
 DELETE = object()  # a value that removes the key
 # A few steps on CPU in float32: for tests and plumbing checks, never for a real run.
 SMOKE: dict[str, Any] = {
@@ -32,6 +33,9 @@ SMOKE: dict[str, Any] = {
 # scheme `distill export-model --quantize int4` applies after training (axolotl_configs/kd-qat-qwen2.5-1.5b.yaml).
 QAT: dict[str, Any] = {"qat": {"activation_dtype": "int8", "weight_dtype": "int4", "group_size": 32,
                                "quantize_embedding": False}}
+# stepwise_supervised keys Axolotl 0.19 drops (its schema matches the entry as an SFTDataset) and what it uses instead
+STEPWISE_DROPPED: dict[str, Any] = {"step_separator": "\n", "train_on_last_step_only": False,
+                                    "max_completion_length": None}
 _SCALAR = (str, int, float, bool, type(None))
 APPENDED = "# --- set by `distill config` (not in the template) ---"
 
@@ -209,3 +213,33 @@ def write_configs(method: str, export_dir: Path, manifest: dict[str, Any], stude
         path.write_text(header + render(text, values, dataset), encoding="utf-8")
         written.append(path)
     return written
+
+
+def write_prm_config(labels: Path, student: str, out: Path, mode: str = "hard", template: str | None = None,
+                     output_dir: Path | None = None, prepared_dir: Path | None = None,
+                     overrides: dict[str, Any] | None = None, smoke: bool = False) -> tuple[Path, dict[str, Any]]:
+    """``distill config prm``: write the boolean stepwise file for ``labels.jsonl`` (``--labels hard|soft``, next to
+    it) and a config training a PRM on it; returns the config and what the file holds."""
+    from prm.stepwise_data import write_stepwise
+
+    if mode not in ("hard", "soft"):
+        raise SpecError(f"--labels: {mode!r} is not hard or soft")
+    path = template_path("prm", template)
+    text = path.read_text(encoding="utf-8")
+    entry = (yaml.safe_load(text).get("datasets") or [{}])[0]
+    for key, default in STEPWISE_DROPPED.items():
+        if entry.get(key, default) != default:
+            raise SpecError(f"--template: {key}: {entry[key]!r} would be ignored: Axolotl 0.19 reads the dataset entry "
+                            f"as an SFT one, without {key}, and trains with {default!r}; keep {default!r}")
+    data, stats = write_stepwise(labels, mode)  # type: ignore[arg-type]
+    output_dir = output_dir or Path("out/train") / out.stem
+    prepared_dir = prepared_dir or Path("out/prepared") / out.stem
+    values = {"base_model": student, "output_dir": str(output_dir), "dataset_prepared_path": str(prepared_dir),
+              **(SMOKE if smoke else {}), **(overrides or {})}
+    dataset = {"path": str(data.resolve()), "ds_type": "json"}
+    header = (f"# Rendered by `distill config prm` from {path.name} for {labels} ({mode} labels: {stats['rows']} "
+              f"rows, {stats['positive_steps']} of {stats['steps']} steps good)"
+              + (" [smoke profile]" if smoke else "") + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(header + render(text, values, dataset), encoding="utf-8")
+    return out, stats
