@@ -92,19 +92,36 @@ def test_step_traces_prefixes_are_the_reply_verbatim() -> None:
     records = [
         {"problem_id": "a", "sample_index": 1, "problem": "13 + 24", "gold": "37", "completion": completion,
          "thought": "3 + 4 = 7.\n1 + 2 = 3."},
-        {"problem_id": "b", "problem": "x", "gold": "1", "completion": "\\boxed{1}", "thought": "from reasoning",
-         "reasoning_content": "from reasoning"},
+        {"problem_id": "b", "problem": "x", "gold": "1", "completion": "\\boxed{1}", "thought": "1 = 1.\n2 = 2.",
+         "reasoning_content": "1 = 1.\n2 = 2.\n"},  # a reasoning parser took the thought out of the reply
+        {"problem_id": "e", "problem": "x", "gold": "1", "completion": "rewritten", "thought": "not there"},
         {"problem_id": "c", "problem": "x", "gold": None, "completion": completion, "thought": "3 + 4 = 7."},
         {"problem_id": "d", "problem": "x", "gold": "1", "completion": None, "thought": None},
     ]
     skipped = Skipped()
-    [trace] = step_traces(records, "lines", None, skipped)
+    trace, r1 = step_traces(records, "lines", None, skipped)
     assert skipped.counts == {"thought_not_in_completion": 1, "no_gold": 1, "no_thought": 1}
+    assert r1.prefix(0) == "<think>\n1 = 1.\n"  # the opening tag the parser stripped, restored
     assert trace.id == "a/1" and trace.head == "<thought>\n"
     assert trace.prefix(0) == "<thought>\n3 + 4 = 7.\n"
     assert trace.prefix(1) == completion[:completion.index("\n</thought>")]
     [row] = prefix_rows([trace], {"a/1": [1]})
     assert row == {"id": "a/1#1", "problem": "13 + 24", "gold": "37", "prefix": trace.prefix(1)}
+
+
+def test_a_continuation_becomes_the_whole_reply() -> None:
+    from pipelines.steps.generate import continue_reply
+
+    plain = {"text": "2 = 2.\n</thought>\n\n\\boxed{2}", "reasoning": None}
+    continue_reply(plain, "<thought>\n1 = 1.\n")
+    assert plain["text"] == "<thought>\n1 = 1.\n2 = 2.\n</thought>\n\n\\boxed{2}"
+    # a reasoning parser split the continuation at </think>: joined back there
+    parsed = {"text": "\n\n\\boxed{2}", "reasoning": "2 = 2.\n"}
+    continue_reply(parsed, "<think>\n1 = 1.\n")
+    assert parsed == {"text": "<think>\n1 = 1.\n2 = 2.\n</think>\n\n\\boxed{2}", "reasoning": None}
+    failed = {"text": None, "error": "teacher_error"}
+    continue_reply(failed, "<think>\n")
+    assert failed["text"] is None
 
 
 def test_labels_from_completions_and_the_first_error_budget() -> None:
@@ -269,3 +286,27 @@ def test_prm_label_real_vllm_continues_the_reply(tmp_path: Path, vllm_teacher: A
         assert text.count("<thought>") == 1, text
     parsed = [r for r in completions if r["rejection_reason"] != "malformed_tags"]
     assert len(parsed) >= 0.8 * len(completions)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_prm_label_real_vllm_r1_teacher_behind_a_reasoning_parser(tmp_path: Path, vllm_r1_teacher: Any) -> None:
+    """R1-style traces (the thought in vLLM's reasoning field) are continued from `<think>` + the steps, and the
+    parser's split of each continuation is joined back into one reply."""
+    spec = lab_spec(tmp_path / "r1.yaml", vllm_r1_teacher, n_problems=6, num_samples=2, temperature=0.6)
+    run_distill("run", spec, "--out", tmp_path / "traces")
+    out = tmp_path / "labels"
+    run_distill("prm-label", tmp_path / "traces", "--out", out, "--split", "lines", "--completions", "2")
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["traces"] >= 8 and "thought_not_in_completion" not in stats["skipped"]
+    from pipelines.foreign import load_records
+
+    completions = load_records(out / "rollouts" / "step-0")
+    assert all(r["completion"].startswith("<think>\n") and r["completion"].count("</think>") == 1
+               for r in completions if r["rejection_reason"] != "teacher_error")
+    parsed = [r for r in completions if r["thought"]]
+    assert len(parsed) >= 0.8 * len(completions)
+    # the labelled steps are the thought's lines, and a right first step mostly leads to the gold
+    rows = _rows(out / "labels.jsonl")
+    assert all(" = " in r["completions"][0] for r in rows.values())
+    assert sum(r["labels"][0] for r in rows.values()) >= 0.5 * len(rows)

@@ -38,6 +38,22 @@ def samples_from_output(output: dict[str, Any], n: int, max_new_tokens: int) -> 
     return samples + [{"text": None, "error": "missing generation"} for _ in range(n - len(samples))]
 
 
+REASONING_END = "</think>"  # where vLLM's reasoning parsers (deepseek_r1, qwen3) split a reply
+
+
+def continue_reply(sample: dict[str, Any], prefix: str) -> None:
+    """Make a continuation the whole reply: the prefix, then what the teacher added. A server with a reasoning
+    parser returns the rest of an unfinished thought as ``reasoning`` and what follows its end as the content:
+    they are joined back at the closing tag, so the reply parses like one written in a single turn."""
+    if sample.get("error"):
+        return
+    if sample.get("reasoning") is not None:
+        sample["text"] = prefix + sample["reasoning"] + REASONING_END + (sample.get("text") or "")
+        sample["reasoning"] = None
+    elif sample.get("text") is not None:
+        sample["text"] = prefix + sample["text"]
+
+
 def failed_samples(n: int, exc: BaseException) -> list[dict[str, Any]]:
     """Per-sample errors for a request that raised (distilabel's own LLMs raise; ours never do)."""
     return [{"text": None, "error": type(exc).__name__} for _ in range(n)]
@@ -102,10 +118,9 @@ class TeacherGeneration(Task):
         row.pop(END_OF_STREAM, None)
         row["samples"] = (failed_samples(self.num_samples, output) if isinstance(output, BaseException)
                           else samples_from_output(output, self.num_samples, self.max_new_tokens))
-        if row.get("prefix"):  # the completion is the whole reply: the prefix, then what the teacher added
+        if row.get("prefix"):
             for sample in row["samples"]:
-                if sample.get("text") is not None:
-                    sample["text"] = row["prefix"] + sample["text"]
+                continue_reply(sample, row["prefix"])
         row["model_name"] = self.llm.model_name
         return row
 

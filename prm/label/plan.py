@@ -14,6 +14,8 @@ from typing import Any
 
 from prm.split import split_steps
 
+REASONING_START = "<think>\n"  # R1's opening tag, which vLLM's reasoning parsers strip from the reasoning
+
 
 @dataclass(frozen=True)
 class StepTrace:
@@ -57,8 +59,8 @@ def step_traces(records: Iterable[dict[str, Any]], split: str = "auto", pattern:
         if not thought or not str(thought).strip():
             skipped.add("no_thought")
             continue
-        start = completion.find(thought) if completion else -1
-        if start < 0:  # the thought came from the server's reasoning field, or the text was rewritten
+        head = _head(completion, record.get("reasoning_content"), thought)
+        if head is None:  # the completion was rewritten: the reply to continue is not there
             skipped.add("thought_not_in_completion")
             continue
         steps = split_steps(thought, split, pattern)
@@ -68,8 +70,18 @@ def step_traces(records: Iterable[dict[str, Any]], split: str = "auto", pattern:
         sample_index = int(record.get("sample_index") or 0)
         traces.append(StepTrace(id=f"{record['problem_id']}/{sample_index}", problem_id=str(record["problem_id"]),
                                 sample_index=sample_index, problem=str(record["problem"]), gold=str(gold),
-                                head=completion[:start], steps=steps, correct=record.get("correct")))
+                                head=head, steps=steps, correct=record.get("correct")))
     return traces
+
+
+def _head(completion: str | None, reasoning: str | None, thought: str) -> str | None:
+    """What the reply held before the thought. A thought that a server's reasoning parser took out of the reply
+    was written after the opening tag (R1's ``<think>``), which the prefix then restores."""
+    if completion and (start := completion.find(thought)) >= 0:
+        return completion[:start]
+    if reasoning and (start := reasoning.find(thought)) >= 0:
+        return REASONING_START + reasoning[:start]
+    return None
 
 
 def prefix_id(trace_id: str, k: int) -> str:
