@@ -106,7 +106,10 @@ class PrmRecipe(_Strict):
     until: Literal["first-error", "all"] = "first-error"
     labels: list[Literal["hard", "soft"]] = ["hard", "soft"]  # one PRM each
     filter_with: Literal["hard", "soft"] = "hard"  # the PRM that filters the `data: prm` students' traces
-    threshold: float = Field(0.5, ge=0.0, le=1.0)  # a trace whose weakest step is under it is rejected
+    threshold: float = Field(0.5, ge=0.0, le=1.0)  # prm-eval's threshold (a step under it is a predicted error)
+    # the filter's threshold (a trace whose weakest step is under it is rejected): a number, or "best": the one
+    # with the best F1 on the PRM's held-out traces (a calibration set: never the students' evaluation problems)
+    filter_threshold: float | Literal["best"] = "best"
     max_steps: int = Field(300, ge=1)  # PRM training steps
     micro_batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(1e-3, gt=0)

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -222,6 +223,8 @@ class Loop:
             return done.parent
         steps = losses(run_axolotl("train", path, log=log, cwd=ROOT))
         done.write_text(json.dumps({"config_sha256": digest, "losses": steps}) + "\n")
+        for stale in ("runs", "scores"):  # an earlier evaluation of this model's folder is of other weights
+            shutil.rmtree(self.out / "eval" / stale / done.parent.name, ignore_errors=True)
         self.echo(f"    loss {steps[0]:.3f} -> {steps[-1]:.3f} over {config.get('max_steps')} steps (log {log})"
                   if steps else f"    trained (log {log})")
         return done.parent

@@ -38,8 +38,11 @@ class PrmStage:
         held_out = self.held_out_set(base_url)
         prms = {kind: self.train(labels, kind) for kind in self.cfg.labels}
         reports = {kind: self.evaluate(prm, held_out) for kind, prm in prms.items()}
-        filtered = self.filter(traces, prms[self.cfg.filter_with])
-        return filtered, self.summary(labels, traces, held_out, reports, filtered)
+        threshold = self.cfg.filter_threshold
+        if threshold == "best":
+            threshold = reports[self.cfg.filter_with]["best_threshold"]
+        filtered = self.filter(traces, prms[self.cfg.filter_with], float(threshold))
+        return filtered, self.summary(labels, traces, held_out, reports, filtered, float(threshold))
 
     def label(self, traces: Path) -> Path:
         c = self.cfg
@@ -94,15 +97,15 @@ class PrmStage:
                           "--threshold", self.cfg.threshold, "--out", out)
         return json.loads(out.read_text())
 
-    def filter(self, traces: Path, prm: Path) -> Path:
-        self.loop.stage(3, f"PRM filter: distill prm-score with {prm.name} at threshold {self.cfg.threshold}")
+    def filter(self, traces: Path, prm: Path, threshold: float) -> Path:
+        self.loop.stage(3, f"PRM filter: distill prm-score with {prm.name} at threshold {threshold}")
         out = self.loop.out / "traces" / "prm"
         self.loop.distill("prm-score", "--in", traces, "--out", out, "--model", prm, "--style", "stepwise",
-                          "--split", SPLIT, "--threshold", self.cfg.threshold, "--aggregation", "min")
+                          "--split", SPLIT, "--threshold", threshold, "--aggregation", "min")
         return out
 
     def summary(self, labels: Path, traces: Path, held_out: Path, reports: dict[str, dict[str, Any]],
-                filtered: Path) -> str:
+                filtered: Path, threshold: float) -> str:
         lines = ["", "PRM (issue 16): ProcessBench-style F1 on the teacher's held-out traces "
                      f"({held_out.name}: {_count(held_out)} traces), threshold {self.cfg.threshold}", "",
                  "| PRM | F1 | acc. erroneous | acc. correct | best F1 (threshold, chosen on this set) |",
@@ -117,7 +120,8 @@ class PrmStage:
         for kind in ("hard", "soft"):
             q = quality[kind]
             lines.append(f"| {kind} | {q['exact']:.3f} | {q['f1']:.3f} |")
-        lines += ["", filter_report(traces, filtered)]
+        lines += ["", f"{filter_report(traces, filtered)} Threshold {threshold} ({self.cfg.filter_with} PRM"
+                      + (", the best F1 on the held-out traces)." if self.cfg.filter_threshold == "best" else ").")]
         return "\n".join(lines) + "\n"
 
 

@@ -245,3 +245,22 @@ def test_sigterm_mid_eval_then_rerun_resumes(tmp_path: Path) -> None:
         assert len(teacher.requests) < asked + 16  # the written problems were not asked again
     results = json.loads((out / "results.json").read_text())
     assert results["runs"]["slow"]["slow"]["all"]["pass@1"] == pytest.approx(1 / 16)
+
+
+def test_a_checkpoint_retrained_in_place_is_not_resumed(tmp_path: Path) -> None:
+    """The run key holds the weights' stamp: another training into the same folder makes the old samples stale."""
+    import os
+
+    from pipelines.eval.run import weights_stamp
+
+    model = tmp_path / "student"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    weights = model / "model.safetensors"
+    weights.write_bytes(b"a" * 10)
+    first = weights_stamp(str(model))
+    assert first is not None and first.startswith("model.safetensors:10:")
+    weights.write_bytes(b"b" * 10)
+    os.utime(weights, ns=(1, 1))  # same size, other time: another training
+    assert weights_stamp(str(model)) != first
+    assert weights_stamp(str(tmp_path / "absent")) is None and weights_stamp(None) is None

@@ -53,10 +53,20 @@ class Plan:
         """What the samples depend on; a URL's port may change between runs, the served model may not."""
         model = self.model
         target = model.path if model.path is not None else f"served:{model.served_model or model.name}"
-        return {"model": target, "backend": model.backend if model.path else "url",
+        return {"model": target, "weights": weights_stamp(model.path),
+                "backend": model.backend if model.path else "url",
                 "problems_sha256": self.problems_sha256, "samples": self.samples, "temperature": self.temperature,
                 "top_p": self.top_p, "max_new_tokens": self.max_new_tokens, "logprobs": self.logprobs,
                 "prompt": self.eval_set.prompt.model_dump()}
+
+
+def weights_stamp(path: str | None) -> str | None:
+    """Size and modification time of a local model's weight files: a checkpoint retrained in place is another
+    model (its old samples must not be resumed), and this costs no read of the weights."""
+    if path is None or not Path(path).is_dir():
+        return None
+    files = sorted(f for f in Path(path).iterdir() if f.suffix in (".safetensors", ".bin", ".pt", ".gguf"))
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files) or None
 
 
 def prepare_sets(cfg: EvalConfig, sets: list[EvalSet]) -> dict[str, tuple[Path, str, list[dict[str, str]]]]:
