@@ -1,0 +1,204 @@
+"""`distill run` with `run.engine: ray` on a real Ray cluster on this machine: a head and two worker nodes
+(`ray.cluster_utils.Cluster`, the same raylet and GCS processes as `ray start`), simulated vLLM teachers.
+
+Generation, curation and writing run as several actors spread over the two workers; every problem is written
+exactly once and the rows are those of `engine: local`; a worker node killed mid-run stops the run in one line,
+and the rerun on the cluster that is left writes exactly the missing problems."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from conftest import DISTILL, ROOT, run_distill, wait_for
+from test_throughput_pipeline import problems_file, samples_per_problem
+
+pytestmark = pytest.mark.slow
+ray = pytest.importorskip("ray")
+
+MB = 2**20
+# Rows must match these columns between engines (nothing here is a timing).
+COMPARED = ["problem_id", "problem_index", "sample_index", "problem", "gold", "completion", "thought", "answer",
+            "correct", "kept", "rejection_reason", "finish_reason", "completion_tokens", "prompt_tokens",
+            "pass_rate", "teacher_model"]
+# Each node: 2 logical CPUs, a small object store; failures detected within ~2 s (Ray's default is ~30 s).
+NODE = {"num_cpus": 2, "object_store_memory": 80 * MB}
+HEAD = {"num_cpus": 0, "include_dashboard": False, "object_store_memory": 80 * MB,
+        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
+                           "health_check_initial_delay_ms": 0}}
+RAY_STEPS = {"generate": {"replicas": 2, "cpus": 0.25}, "curate": {"replicas": 2, "cpus": 0.25},
+             "write": {"replicas": 2, "cpus": 0.25}}
+
+
+class RayCluster:
+    def __init__(self) -> None:
+        from ray.cluster_utils import Cluster
+
+        self.cluster = Cluster(initialize_head=True, connect=False, head_node_args=HEAD)
+        self.workers = [self.cluster.add_node(**NODE) for _ in range(2)]
+        self.cluster.wait_for_nodes()
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def actors(self) -> list[dict[str, Any]]:
+        """Every actor the cluster has seen (dead ones too: the GCS keeps them), read by a short-lived driver."""
+        script = (f"import json, ray; from ray._private import state; ray.init(address={self.address!r}, "
+                  "log_to_driver=False, logging_level='ERROR'); print(json.dumps([{'name': a['Name'], "
+                  "'node': a['Address']['NodeID'], 'state': a['State']} for a in state.actors().values()]))")
+        out = subprocess.run([DISTILL[0], "-c", script], capture_output=True, text=True, timeout=120, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def worker_ids(self) -> list[str]:
+        return [node.node_id for node in self.workers]
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RayCluster]:
+    ray_cluster = RayCluster()
+    try:
+        yield ray_cluster
+    finally:
+        ray_cluster.shutdown()
+
+
+@contextlib.contextmanager
+def two_teachers(median_s: float = 0.03, cap_s: float = 0.3) -> Iterator[list[Any]]:
+    from test_teacher_sim import sim
+
+    config = sim.SimConfig(slots=3, median_s=median_s, sigma=1.0, cap_s=cap_s)
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(sim.SimThread(config)) for _ in range(2)]
+
+
+def spec_for(path: Path, source: Path, urls: list[str], **run: Any) -> Path:
+    from conftest import write_spec
+
+    return write_spec(path, source, teacher={"base_url": urls, "model": "sim-teacher", "num_samples": 2,
+                                             "max_new_tokens": 100_000, "max_concurrency": 3},
+                      verification="exact", dedupe={"enabled": False}, run={"batch_size": 4, **run})
+
+
+def rows(out: Path) -> pd.DataFrame:
+    frame = pd.read_parquet(out)[COMPARED]
+    return frame.sort_values(["problem_id", "sample_index"], key=lambda c: c.astype(str)).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def runs(cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The same 40 problems through `engine: local` and through `engine: ray` with two copies of each stage."""
+    tmp = tmp_path_factory.mktemp("ray-runs")
+    source = problems_file(tmp / "problems.jsonl", 40)
+    with two_teachers() as servers:
+        urls = [s.base_url for s in servers]
+        local = spec_for(tmp / "local.yaml", source, urls)
+        run_distill("run", local, "--out", tmp / "local")
+        before = [s.stats()["requests"] for s in servers]
+        ray_spec = spec_for(tmp / "ray.yaml", source, urls, engine="ray", steps=RAY_STEPS)
+        started = time.monotonic()
+        result = run_distill("run", ray_spec, "--out", tmp / "ray", "--ray-address", cluster.address, timeout=240)
+        seconds = time.monotonic() - started
+        requests = [s.stats()["requests"] - b for s, b in zip(servers, before, strict=True)]
+    return {"local": tmp / "local", "ray": tmp / "ray", "result": result, "requests": requests,
+            "actors": cluster.actors(), "seconds": seconds, "source": source}
+
+
+def test_ray_replicas_run_on_both_workers_and_write_every_problem_once(runs, cluster):
+    assert "wrote" in runs["result"].stdout and "40 problems" in runs["result"].stdout
+    assert samples_per_problem(runs["ray"]) == {str(i): [0, 1] for i in range(40)}
+    assert sum(runs["requests"]) == 40 and min(runs["requests"]) >= 10, runs["requests"]  # both teachers
+    placed: dict[str, set[str]] = {}
+    for actor in runs["actors"]:
+        for stage in ("generate", "curate", "write"):
+            if actor["name"].startswith(f"distilabel-distill-ray-{stage}-"):
+                placed.setdefault(stage, set()).add(actor["node"])
+    workers = set(cluster.worker_ids())
+    assert placed == {"generate": workers, "curate": workers, "write": workers}, (placed, workers)
+    parts = list((runs["ray"] / ".cache" / "parts").glob("part-*.parquet"))
+    assert len(parts) >= 4  # written by two write actors, whole problems each
+    assert not (runs["ray"] / ".cache" / "run.lease").exists()  # released
+
+
+def test_ray_engine_writes_the_same_rows_as_the_local_engine(runs):
+    local, on_ray = rows(runs["local"]), rows(runs["ray"])
+    assert len(local) == 80
+    pd.testing.assert_frame_equal(local, on_ray)
+
+
+def _start(spec: Path, out: Path, address: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([*DISTILL, "run", str(spec), "--out", str(out), "--ray-address", address,
+                             "--progress-every", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ}, start_new_session=True)
+
+
+def _parts(out: Path) -> list[Path]:
+    return sorted((out / ".cache" / "parts").glob("part-*.parquet"))
+
+
+def test_ray_worker_node_killed_mid_run_then_resume_writes_every_problem_exactly_once(runs, cluster, tmp_path):
+    source = problems_file(tmp_path / "problems.jsonl", 40)  # the same problems as `runs`
+    out = tmp_path / "out"
+    with two_teachers(median_s=0.4, cap_s=1.2) as servers:  # slow enough to be caught mid-run
+        spec = spec_for(tmp_path / "ray.yaml", source, [s.base_url for s in servers], engine="ray", steps=RAY_STEPS)
+        proc = _start(spec, out, cluster.address)
+        try:
+            wait_for(lambda: len(_parts(out)) >= 2 or proc.poll() is not None, 180, "two part files")
+            assert proc.poll() is None, proc.communicate()
+            victim = cluster.workers.pop()
+            cluster.cluster.remove_node(victim, allow_graceful=False)  # SIGKILL: raylet and its workers
+            _, stderr = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert proc.returncode == 2, stderr[-3000:]
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith("error: a Ray worker died: stage '") and "rerun the same command" in last, last
+        written = {pid for part in _parts(out) for pid in pd.read_parquet(part)["problem_id"]}
+        assert 0 < len(written) < 40
+        cluster.workers.append(cluster.cluster.add_node(**NODE))  # a replacement node joins
+        before = sum(s.stats()["requests"] for s in servers)
+        run_distill("run", spec, "--out", out, "--ray-address", cluster.address, timeout=240)
+        asked = sum(s.stats()["requests"] for s in servers) - before
+    assert asked == 40 - len(written)  # exactly the problems not written
+    assert samples_per_problem(out) == {str(i): [0, 1] for i in range(40)}
+    pd.testing.assert_frame_equal(rows(runs["local"]), rows(out))
+
+
+def test_ray_run_stopped_with_sigterm_exits_143_and_resumes(runs, cluster, tmp_path):
+    source = problems_file(tmp_path / "problems.jsonl", 40)
+    out = tmp_path / "out"
+    with two_teachers(median_s=0.4, cap_s=1.2) as servers:
+        spec = spec_for(tmp_path / "ray.yaml", source, [s.base_url for s in servers], engine="ray", steps=RAY_STEPS)
+        proc = _start(spec, out, cluster.address)
+        try:
+            wait_for(lambda: len(_parts(out)) >= 2 or proc.poll() is not None, 180, "two part files")
+            assert proc.poll() is None, proc.communicate()
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert proc.returncode == 143, stderr[-3000:]
+        assert stderr.strip().splitlines()[-1] == "error: interrupted; rerun the same command to resume"
+        assert not list((out / ".cache" / "parts").glob(".*.tmp"))
+        written = {pid for part in _parts(out) for pid in pd.read_parquet(part)["problem_id"]}
+        before = sum(s.stats()["requests"] for s in servers)
+        run_distill("run", spec, "--out", out, "--ray-address", cluster.address, timeout=240)
+        asked = sum(s.stats()["requests"] for s in servers) - before
+    assert asked == 40 - len(written)
+    pd.testing.assert_frame_equal(rows(runs["local"]), rows(out))
