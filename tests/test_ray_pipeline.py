@@ -76,7 +76,8 @@ def cluster() -> Iterator[RayCluster]:
 
 
 @contextlib.contextmanager
-def two_teachers(median_s: float = 0.03, cap_s: float = 0.3) -> Iterator[list[Any]]:
+def two_teachers(median_s: float = 0.4, cap_s: float = 1.2) -> Iterator[list[Any]]:
+    """Two simulated vLLM servers, 3 sequences each; slow enough (~0.5 s a sequence) to stop a run midway."""
     from test_teacher_sim import sim
 
     config = sim.SimConfig(slots=3, median_s=median_s, sigma=1.0, cap_s=cap_s)
@@ -151,7 +152,7 @@ def _parts(out: Path) -> list[Path]:
 def test_ray_worker_node_killed_mid_run_then_resume_writes_every_problem_exactly_once(runs, cluster, tmp_path):
     source = problems_file(tmp_path / "problems.jsonl", 40)  # the same problems as `runs`
     out = tmp_path / "out"
-    with two_teachers(median_s=0.4, cap_s=1.2) as servers:  # slow enough to be caught mid-run
+    with two_teachers() as servers:
         spec = spec_for(tmp_path / "ray.yaml", source, [s.base_url for s in servers], engine="ray", steps=RAY_STEPS)
         proc = _start(spec, out, cluster.address)
         try:
@@ -181,7 +182,7 @@ def test_ray_worker_node_killed_mid_run_then_resume_writes_every_problem_exactly
 def test_ray_run_stopped_with_sigterm_exits_143_and_resumes(runs, cluster, tmp_path):
     source = problems_file(tmp_path / "problems.jsonl", 40)
     out = tmp_path / "out"
-    with two_teachers(median_s=0.4, cap_s=1.2) as servers:
+    with two_teachers() as servers:
         spec = spec_for(tmp_path / "ray.yaml", source, [s.base_url for s in servers], engine="ray", steps=RAY_STEPS)
         proc = _start(spec, out, cluster.address)
         try:

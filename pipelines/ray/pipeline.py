@@ -225,6 +225,11 @@ class FactoryRayPipeline(RayPipeline):
                     continue
             ray.wait([ref for _, ref in self._actors.values()], num_returns=len(self._actors),
                      timeout=STOP_WAIT_S)
+        self._kill_actors()
+
+    def _kill_actors(self) -> None:
+        import ray
+
         for actor, _ in self._actors.values():
             try:
                 ray.kill(actor)
@@ -259,6 +264,14 @@ class FactoryRayPipeline(RayPipeline):
 
     def _finalize_pipeline_execution(self) -> None:
         self._last_snapshot = -math.inf
+        if isinstance(self.stop_reason, RunAborted):
+            # distilabel's own stop waits for every step to report that it unloaded and for every input queue
+            # to empty: a dead actor does neither. The parts written are whole; what is in flight is asked again.
+            self._kill_actors()
+            with self._stop_called_lock:
+                self._stop_called = False
+            self._cache()
+            return
         super()._finalize_pipeline_execution()
 
     def _init_steps_load_status(self) -> None:
