@@ -33,6 +33,16 @@ def _resources(spec: DatasetSpec, step: str) -> Any:
     return StepResources(replicas=spec.run.replicas(step), gpus=gpus or None)
 
 
+def _window_share(spec: DatasetSpec) -> int | None:
+    """Each of several generation replicas (Ray) keeps its share of teacher.max_concurrency per endpoint."""
+    import math
+
+    replicas = spec.run.replicas("generate")
+    if replicas == 1 or spec.run.dispatch != "window":
+        return None
+    return math.ceil(spec.teacher.max_concurrency * len(spec.teacher.base_urls) / replicas)
+
+
 def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_ids: set[str],
                    api_key: str | None = None, total: int | None = None, judge_api_key: str | None = None,
                    fence: Any = None) -> Any:
@@ -62,6 +72,7 @@ def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_i
                                      num_samples=spec.teacher.num_samples,
                                      max_new_tokens=spec.teacher.max_new_tokens, input_batch_size=batch,
                                      dispatch=spec.run.dispatch, resources=_resources(spec, "generate"),
+                                     max_in_flight=_window_share(spec),
                                      drain_board=getattr(pipeline, "drain_board_for", lambda _: None)("generate"))
         curate = CurateTraces(name="curate", verification=spec.verification, prompt=spec.prompt,
                               similarity=spec.similarity, code=spec.code,

@@ -76,20 +76,21 @@ def cluster() -> Iterator[RayCluster]:
 
 
 @contextlib.contextmanager
-def two_teachers(median_s: float = 0.4, cap_s: float = 1.2) -> Iterator[list[Any]]:
-    """Two simulated vLLM servers, 3 sequences each; slow enough (~0.5 s a sequence) to stop a run midway."""
+def two_teachers(slots: int = 3) -> Iterator[list[Any]]:
+    """Two simulated vLLM servers; ~0.5 s a sequence, so that a run can be stopped midway. The answers depend
+    on the prompt only (not on ``slots``), so every run here gets the same rows."""
     from test_teacher_sim import sim
 
-    config = sim.SimConfig(slots=3, median_s=median_s, sigma=1.0, cap_s=cap_s)
+    config = sim.SimConfig(slots=slots, median_s=0.4, sigma=1.0, cap_s=1.2)
     with contextlib.ExitStack() as stack:
         yield [stack.enter_context(sim.SimThread(config)) for _ in range(2)]
 
 
-def spec_for(path: Path, source: Path, urls: list[str], **run: Any) -> Path:
+def spec_for(path: Path, source: Path, urls: list[str], concurrency: int = 3, **run: Any) -> Path:
     from conftest import write_spec
 
     return write_spec(path, source, teacher={"base_url": urls, "model": "sim-teacher", "num_samples": 2,
-                                             "max_new_tokens": 100_000, "max_concurrency": 3},
+                                             "max_new_tokens": 100_000, "max_concurrency": concurrency},
                       verification="exact", dedupe={"enabled": False}, run={"batch_size": 4, **run})
 
 
@@ -149,57 +150,55 @@ def _parts(out: Path) -> list[Path]:
     return sorted((out / ".cache" / "parts").glob("part-*.parquet"))
 
 
-def test_ray_worker_node_killed_mid_run_then_resume_writes_every_problem_exactly_once(runs, cluster, tmp_path):
+def _stop_midway(proc: subprocess.Popen[str], out: Path, after_parts: int, stop: Any) -> str:
+    """Once ``after_parts`` part files exist, ``stop()``; the run's stderr once it has exited."""
+    try:
+        wait_for(lambda: len(_parts(out)) >= after_parts or proc.poll() is not None, 180, f"{after_parts} parts")
+        assert proc.poll() is None, proc.communicate()
+        stop()
+        return proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _written(out: Path) -> set[str]:
+    return {pid for part in _parts(out) for pid in pd.read_parquet(part)["problem_id"]}
+
+
+def test_ray_run_stopped_by_sigterm_then_by_a_killed_worker_node_resumes_every_problem_exactly_once(
+        runs, cluster, tmp_path):
     source = problems_file(tmp_path / "problems.jsonl", 40)  # the same problems as `runs`
     out = tmp_path / "out"
     with two_teachers() as servers:
-        spec = spec_for(tmp_path / "ray.yaml", source, [s.base_url for s in servers], engine="ray", steps=RAY_STEPS)
+        # one request in flight per replica: slow enough to be caught midway, with most problems still to do
+        spec = spec_for(tmp_path / "ray.yaml", source, [s.base_url for s in servers], concurrency=1, engine="ray",
+                        steps=RAY_STEPS)
+        # 1. SIGTERM (Slurm, Kubernetes): a graceful stop, as on the local engine
         proc = _start(spec, out, cluster.address)
-        try:
-            wait_for(lambda: len(_parts(out)) >= 2 or proc.poll() is not None, 180, "two part files")
-            assert proc.poll() is None, proc.communicate()
-            victim = cluster.workers.pop()
-            cluster.cluster.remove_node(victim, allow_graceful=False)  # SIGKILL: raylet and its workers
-            _, stderr = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stderr = _stop_midway(proc, out, 2, lambda: proc.send_signal(signal.SIGTERM))
+        assert proc.returncode == 143, stderr[-3000:]
+        assert stderr.strip().splitlines()[-1] == "error: interrupted; rerun the same command to resume"
+        assert not list((out / ".cache" / "parts").glob(".*.tmp"))  # the writers finished their parts
+        assert not (out / ".cache" / "run.lease").exists()
+        first = _written(out)
+        assert 0 < len(first) < 40
+        # 2. the rerun loses a worker node (raylet and every worker on it SIGKILLed)
+        proc = _start(spec, out, cluster.address)
+        victim = cluster.workers.pop()
+        stderr = _stop_midway(proc, out, len(_parts(out)) + 1,
+                              lambda: cluster.cluster.remove_node(victim, allow_graceful=False))
         assert proc.returncode == 2, stderr[-3000:]
         last = stderr.strip().splitlines()[-1]
         assert last.startswith("error: a Ray worker died: stage '") and "rerun the same command" in last, last
-        written = {pid for part in _parts(out) for pid in pd.read_parquet(part)["problem_id"]}
-        assert 0 < len(written) < 40
-        cluster.workers.append(cluster.cluster.add_node(**NODE))  # a replacement node joins
+        second = _written(out)
+        assert first < second and len(second) < 40
+        # 3. a replacement node joins; the rerun asks for exactly the problems not written
+        cluster.workers.append(cluster.cluster.add_node(**NODE))
         before = sum(s.stats()["requests"] for s in servers)
         run_distill("run", spec, "--out", out, "--ray-address", cluster.address, timeout=240)
         asked = sum(s.stats()["requests"] for s in servers) - before
-    assert asked == 40 - len(written)  # exactly the problems not written
+    assert asked == 40 - len(second)
     assert samples_per_problem(out) == {str(i): [0, 1] for i in range(40)}
-    pd.testing.assert_frame_equal(rows(runs["local"]), rows(out))
-
-
-def test_ray_run_stopped_with_sigterm_exits_143_and_resumes(runs, cluster, tmp_path):
-    source = problems_file(tmp_path / "problems.jsonl", 40)
-    out = tmp_path / "out"
-    with two_teachers() as servers:
-        spec = spec_for(tmp_path / "ray.yaml", source, [s.base_url for s in servers], engine="ray", steps=RAY_STEPS)
-        proc = _start(spec, out, cluster.address)
-        try:
-            wait_for(lambda: len(_parts(out)) >= 2 or proc.poll() is not None, 180, "two part files")
-            assert proc.poll() is None, proc.communicate()
-            proc.send_signal(signal.SIGTERM)
-            _, stderr = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        assert proc.returncode == 143, stderr[-3000:]
-        assert stderr.strip().splitlines()[-1] == "error: interrupted; rerun the same command to resume"
-        assert not list((out / ".cache" / "parts").glob(".*.tmp"))
-        written = {pid for part in _parts(out) for pid in pd.read_parquet(part)["problem_id"]}
-        before = sum(s.stats()["requests"] for s in servers)
-        run_distill("run", spec, "--out", out, "--ray-address", cluster.address, timeout=240)
-        asked = sum(s.stats()["requests"] for s in servers) - before
-    assert asked == 40 - len(written)
     pd.testing.assert_frame_equal(rows(runs["local"]), rows(out))

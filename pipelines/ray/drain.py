@@ -91,7 +91,7 @@ class ReplicaDrain:
             with self._busy:  # after the batch this replica may be processing: its rows went out with it
                 rows = self._take_all()
                 self.handed_over = True
-            ray.get(self._board.deposit.remote(self._id, rows))
+                ray.get(self._board.deposit.remote(self._id, rows))
             return
 
     def end(self) -> None:
@@ -109,4 +109,16 @@ class ReplicaDrain:
         return rows
 
     def close(self) -> None:
+        """The step unloads (the end, or a stop): a replica that has not deposited yet says it is done, so the
+        last one never waits for it (its requests still in flight are dropped, and asked again on a rerun)."""
+        import ray
+
         self._closed.set()
+        self._thread.join(timeout=30)
+        if self._is_last or self.handed_over:
+            return
+        self.handed_over = True
+        try:
+            ray.get(self._board.deposit.remote(self._id, []), timeout=10)
+        except Exception:  # noqa: BLE001 - the board went with the driver: nobody waits any more
+            pass

@@ -98,12 +98,12 @@ class TeacherGeneration(Task):
                                            take_all=lambda: [self._finish(r, o) for r, o in window.take(True)])
 
     def unload(self) -> None:
+        if self._window is not None:
+            self._window.close()  # first: a drain watcher waiting for the window hands on what finished
         if self._drain is not None:
             self._drain.close()
             self._drain = None
-        if self._window is not None:
-            self._window.close()
-            self._window = None
+        self._window = None
         super().unload()
 
     async def _request(self, messages: list[dict[str, str]]) -> dict[str, Any]:
