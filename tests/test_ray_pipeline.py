@@ -202,3 +202,23 @@ def test_ray_run_stopped_by_sigterm_then_by_a_killed_worker_node_resumes_every_p
     assert asked == 40 - len(second)
     assert samples_per_problem(out) == {str(i): [0, 1] for i in range(40)}
     pd.testing.assert_frame_equal(rows(runs["local"]), rows(out))
+
+
+def _ray_daemons() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("raylet", "gcs_server")}
+
+
+def test_ray_engine_without_an_address_starts_its_own_ray_and_leaves_nothing_running(runs, tmp_path):
+    source = problems_file(tmp_path / "problems.jsonl", 12)
+    before = _ray_daemons()
+    with two_teachers() as servers:
+        spec = spec_for(tmp_path / "own.yaml", source, [s.base_url for s in servers], engine="ray",
+                        steps={"generate": {"replicas": 2, "cpus": 0.5}})
+        result = run_distill("run", spec, "--out", tmp_path / "out", timeout=240)
+    assert "12 problems" in result.stdout
+    assert samples_per_problem(tmp_path / "out") == {str(i): [0, 1] for i in range(12)}
+    local = rows(runs["local"])
+    pd.testing.assert_frame_equal(local[local["problem_index"] < 12].reset_index(drop=True), rows(tmp_path / "out"))
+    wait_for(lambda: not (_ray_daemons() - before), 30, "the run's own Ray to stop")

@@ -134,8 +134,8 @@ class FactoryRayPipeline(RayPipeline):
                                    "logging_level": logging.INFO if self.verbose else logging.WARNING}
         if self.address:
             ray.init(address=self.address, **options)
-        else:  # a Ray of its own on this machine, sized for the stages
-            ray.init(num_cpus=self.local_cpus, include_dashboard=False,
+        else:  # a Ray of its own on this machine, sized for the stages ("local": never one found running)
+            ray.init(address="local", num_cpus=self.local_cpus, include_dashboard=False,
                      object_store_memory=LOCAL_OBJECT_STORE_MB * 2**20, **options)
         self._ray_node_ids = self._get_ray_gpus_per_node()
         from pipelines.ray.drain import create_board
