@@ -194,8 +194,10 @@ def test_ray_run_stopped_by_sigterm_then_by_a_killed_worker_node_resumes_every_p
         assert last.startswith("error: a Ray worker died: stage '") and "rerun the same command" in last, last
         second = _written(out)
         assert first < second and len(second) < 40
-        # 3. a replacement node joins; the rerun asks for exactly the problems not written
+        # 3. a replacement node joins; the rerun (at full speed: concurrency is not part of a sample) asks for
+        #    exactly the problems not written
         cluster.workers.append(cluster.cluster.add_node(**NODE))
+        spec = spec_for(tmp_path / "ray.yaml", source, [s.base_url for s in servers], engine="ray", steps=RAY_STEPS)
         before = sum(s.stats()["requests"] for s in servers)
         run_distill("run", spec, "--out", out, "--ray-address", cluster.address, timeout=240)
         asked = sum(s.stats()["requests"] for s in servers) - before

@@ -28,9 +28,9 @@ from distilabel.pipeline.ray import RayPipeline
 from pipelines.errors import RESUME_HINT, Interrupted, RunAborted
 from pipelines.throttled_pipeline import STOP_SIGNALS, DropPerBatchChatter, ThrottledPipeline
 
-# What a Ray worker needs from the driver's environment (nodes started by `ray start` have their own).
-FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_TOKEN",
-                 "DO_NOT_TRACK")
+# What a Ray worker needs from the driver's environment (nodes started by `ray start` have their own). No
+# tokens: a runtime_env is kept in Ray's GCS and shown by its dashboard.
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "DO_NOT_TRACK")
 LOCAL_OBJECT_STORE_MB = 256
 STOP_WAIT_S = 60.0  # a graceful stop waits this long for the stages to finish their batches
 
