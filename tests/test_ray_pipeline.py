@@ -23,7 +23,13 @@ from conftest import DISTILL, ROOT, run_distill, wait_for
 from test_throughput_pipeline import problems_file, samples_per_problem
 
 pytestmark = pytest.mark.slow
-ray = pytest.importorskip("ray")
+try:
+    import ray  # noqa: F401 - the dev extra installs it (pyproject: distill-factory[ray])
+except ImportError:
+    if os.environ.get("CI"):
+        raise  # `make setup` installs it: missing in CI is a failure, not a skip
+    pytest.skip("ray is not installed: `make setup` (or pip install -e '.[ray]') installs it",
+                allow_module_level=True)
 
 MB = 2**20
 # Rows must match these columns between engines (nothing here is a timing).
