@@ -19,7 +19,7 @@ ARGS ?=
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(VENV)/$(STAMP) ## Create .venv with the factory (CPU torch 2.13.0)
+setup: $(VENV)/$(STAMP) ## Create .venv with the factory (CPU torch 2.13.0, Ray 2.60 for run.engine: ray)
 $(VENV)/$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip

@@ -69,6 +69,9 @@ def run(
     cache_dir: Optional[Path] = typer.Option(None, help="Resume folder (default <out>/.cache)."),
     fresh: bool = typer.Option(False, "--fresh", help=FRESH_HELP),
     progress_every: float = typer.Option(30.0, min=0.1, help="Without a terminal: seconds between progress lines."),
+    engine: Optional[str] = typer.Option(None, help="local | ray (default: the spec's run.engine)."),
+    ray_address: Optional[str] = typer.Option(None, help="Run on this Ray cluster (engine ray), e.g. auto or "
+                                                         "head:6379; docs/scaling.md."),
 ) -> None:
     """Generate, parse, verify and write a trace dataset for SPEC."""
     from pipelines.errors import error_line
@@ -92,6 +95,8 @@ def run(
                 flag = {"base_url": "teacher-url", "model": "teacher-model"}.get(str(first["loc"][0]),
                                                                                  str(first["loc"][0]).replace("_", "-"))
                 raise SpecError(f"--{flag}: {first['msg'].removeprefix('Value error, ')}") from None
+        if engine is not None or ray_address is not None:
+            dataset.run = _run_overrides(dataset.run, engine, ray_address)
         out_dir = out or Path(dataset.output.dir or f"out/{dataset.name}")
         api_key = os.environ.get(dataset.teacher.api_key_env)
         judge_key = os.environ.get(dataset.judge.api_key_env) if dataset.judge else None
@@ -110,6 +115,26 @@ def run(
         fail(error_line(exc, secrets=[api_key, judge_key]))
     typer.echo(f"wrote {out_dir}: {stats['samples']} samples of {stats['problems']} problems, "
                f"kept {stats['kept']} ({stats['pass_rate']:.1%}); reasons {json.dumps(stats['reasons'])}")
+
+
+def _run_overrides(run_config: object, engine: str | None, ray_address: str | None) -> object:
+    """The spec's run section with --engine / --ray-address applied (an address means the Ray engine)."""
+    from pydantic import ValidationError
+
+    values = run_config.model_dump(exclude_unset=True)  # type: ignore[attr-defined]
+    if ray_address is not None:
+        values.update(engine=engine or "ray", ray_address=ray_address)
+    elif engine is not None:
+        values["engine"] = engine
+        if engine == "local":
+            values.pop("ray_address", None)
+    try:
+        return type(run_config).model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        flag = "--ray-address" if "ray_address" in map(str, first["loc"]) else "--engine"
+        raise SpecError(f"{flag}: {'.'.join(map(str, first['loc'])) or 'run'}: "
+                        f"{first['msg'].removeprefix('Value error, ')}") from None
 
 
 @app.command()

@@ -26,9 +26,26 @@ from pipelines.store import (
 log = logging.getLogger("distill")
 
 
-def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_ids: set[str],
-                   api_key: str | None = None, total: int | None = None, judge_api_key: str | None = None) -> Any:
+def _resources(spec: DatasetSpec, step: str) -> Any:
     from distilabel.steps import StepResources
+
+    gpus = getattr(spec.run.steps, step).gpus
+    return StepResources(replicas=spec.run.replicas(step), gpus=gpus or None)
+
+
+def _window_share(spec: DatasetSpec) -> int | None:
+    """Each of several generation replicas (Ray) keeps its share of teacher.max_concurrency per endpoint."""
+    import math
+
+    replicas = spec.run.replicas("generate")
+    if replicas == 1 or spec.run.dispatch != "window":
+        return None
+    return math.ceil(spec.teacher.max_concurrency * len(spec.teacher.base_urls) / replicas)
+
+
+def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_ids: set[str],
+                   api_key: str | None = None, total: int | None = None, judge_api_key: str | None = None,
+                   fence: Any = None) -> Any:
 
     from pipelines.steps.curate import CurateTraces
     from pipelines.steps.generate import TeacherGeneration
@@ -40,31 +57,43 @@ def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_i
     batch = spec.run.batch_size
     llm = build_llm(spec.teacher, api_key=api_key)
     llm.generation_kwargs = generation_kwargs(spec.teacher)
-    with ThrottledPipeline(name=f"distill-{spec.name}", cache_dir=cache_dir / "distilabel") as pipeline:
+    name = f"distill-{spec.name}"
+    if spec.run.engine == "ray":
+        from pipelines.ray.pipeline import ray_pipeline
+
+        engine = ray_pipeline(spec, name, cache_dir / "distilabel", fence)
+    else:
+        engine = ThrottledPipeline(name=name, cache_dir=cache_dir / "distilabel")
+    with engine as pipeline:
         load = LoadProblems(name="load", source=spec.source, limit=limit, skip_ids=sorted(skip_ids),
                             batch_size=batch, dedupe=spec.dedupe, decontamination=spec.decontamination,
                             report_dir=str(cache_dir))
         generate = TeacherGeneration(name="generate", llm=llm, prompt=spec.prompt,
                                      num_samples=spec.teacher.num_samples,
                                      max_new_tokens=spec.teacher.max_new_tokens, input_batch_size=batch,
-                                     dispatch=spec.run.dispatch,
-                                     resources=StepResources(replicas=spec.run.generate_replicas))
+                                     dispatch=spec.run.dispatch, resources=_resources(spec, "generate"),
+                                     max_in_flight=_window_share(spec),
+                                     drain_board=getattr(pipeline, "drain_board_for", lambda _: None)("generate"))
         curate = CurateTraces(name="curate", verification=spec.verification, prompt=spec.prompt,
                               similarity=spec.similarity, code=spec.code,
-                              judge_mode=spec.judge.mode if spec.judge else None, input_batch_size=batch)
+                              judge_mode=spec.judge.mode if spec.judge else None, input_batch_size=batch,
+                              resources=_resources(spec, "curate"))
         stages: list[Any] = [load, generate, curate]
         if spec.judge is not None:
             from pipelines.steps.judge import JudgeTraces
 
             stages.append(JudgeTraces(name="judge", judge=spec.judge, verification=spec.verification,
-                                      api_key=judge_api_key, input_batch_size=batch))
-        write = WriteParts(name="write", cache_dir=str(cache_dir), total_problems=total, input_batch_size=batch)
+                                      api_key=judge_api_key, input_batch_size=batch,
+                                      resources=_resources(spec, "judge")))
+        write = WriteParts(name="write", cache_dir=str(cache_dir), total_problems=total, input_batch_size=batch,
+                           resources=_resources(spec, "write"))
         if spec.prm is not None:
             from pipelines.steps.prm import PrmFilter
             from prm.scorer import check_config
 
             check_config(spec.prm)
-            stages.append(PrmFilter(name="prm", prm=spec.prm, input_batch_size=batch))
+            stages.append(PrmFilter(name="prm", prm=spec.prm, input_batch_size=batch,
+                                    resources=_resources(spec, "prm")))
         stages.append(write)
         for upstream, downstream in zip(stages, stages[1:], strict=False):
             upstream >> downstream
@@ -129,7 +158,7 @@ def run_spec(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path |
     cache_dir = cache_dir or out_dir / ".cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
-    with run_lock(cache_dir), run_log(cache_dir, verbose) as log_handler:
+    with run_lock(cache_dir), _shared_lock(spec, cache_dir) as lease, run_log(cache_dir, verbose) as log_handler:
         if fresh:
             discard_run(cache_dir, out_dir)
         remove_stale_temps(cache_dir, out_dir)  # what a killed run was writing; complete files are kept
@@ -139,7 +168,19 @@ def run_spec(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path |
             recurate_cache(cache_dir, spec, judge_api_key=judge_api_key)
             fingerprint.record(cache_dir, spec)
         return _run_locked(spec, spec_text, out_dir, cache_dir, limit, api_key,
-                           _Display(log_handler, verbose, progress_every_s), judge_api_key)
+                           _Display(log_handler, verbose, progress_every_s), judge_api_key,
+                           fence=lease.lost if lease is not None else None)
+
+
+def _shared_lock(spec: DatasetSpec, cache_dir: Path) -> Any:
+    """On Ray the folder is on storage that several machines see: a lease holds it (pipelines/shared_lock.py)."""
+    import contextlib
+
+    if spec.run.engine != "ray":
+        return contextlib.nullcontext()
+    from pipelines.shared_lock import shared_lock
+
+    return shared_lock(cache_dir)
 
 
 class _Display:
@@ -154,9 +195,10 @@ def discard_run(cache_dir: Path, out_dir: Path) -> None:
     import shutil
 
     from pipelines.run_lock import LOCK_NAME
+    from pipelines.shared_lock import LEASE_NAME
 
     for path in cache_dir.iterdir():
-        if path.name != LOCK_NAME:
+        if path.name not in (LOCK_NAME, LEASE_NAME):
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     (meta_dir(out_dir) / "stats.json").unlink(missing_ok=True)  # first: the folder is no longer complete
     for shard in out_dir.glob("data-*.parquet"):
@@ -165,7 +207,7 @@ def discard_run(cache_dir: Path, out_dir: Path) -> None:
 
 def _run_locked(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path, limit: int | None,
                 api_key: str | None, display: _Display | None = None,
-                judge_api_key: str | None = None) -> dict[str, Any]:
+                judge_api_key: str | None = None, fence: Any = None) -> dict[str, Any]:
     kept_ids = _kept_problem_ids(spec, limit, cache_dir) if spec.source.is_local else None
     total = len(kept_ids) if kept_ids is not None else limit
     failed = failed_problem_ids(cache_dir)
@@ -179,7 +221,7 @@ def _run_locked(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Pat
         log.info("running %s: %s problems to do, %d already done", spec.name,
                  "?" if total is None else total - len(done), len(done))
         pipeline = build_pipeline(spec, cache_dir, limit, done, api_key=api_key, total=total,
-                                  judge_api_key=judge_api_key)
+                                  judge_api_key=judge_api_key, fence=fence)
         if display is not None:
             pipeline.log_handler, pipeline.verbose = display.log_handler, display.verbose
         with RunProgress(cache_dir, len(done), total, every_s=display.every_s if display else DEFAULT_EVERY_S):

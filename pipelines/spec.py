@@ -106,18 +106,60 @@ class OutputConfig(_Strict):
         return value
 
 
+STEP_NAMES = ("generate", "curate", "judge", "prm", "write")
+
+
+class StepConfig(_Strict):
+    """How many copies of a stage run and, on Ray, what each copy (an actor) reserves on a node."""
+
+    replicas: int | None = Field(None, ge=1)  # default 1 (generate: run.generate_replicas)
+    cpus: float | None = Field(None, gt=0, le=512)  # Ray only; fractions let small stages share a core
+    gpus: int | None = Field(None, ge=0, le=64)  # Ray: the actor is placed on a node with that many free GPUs
+
+
+class StepsConfig(_Strict):
+    generate: StepConfig = StepConfig()
+    curate: StepConfig = StepConfig()
+    judge: StepConfig = StepConfig()
+    prm: StepConfig = StepConfig()
+    write: StepConfig = StepConfig()
+
+
 class RunConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     # How generation feeds an HTTP teacher: "window" keeps teacher.max_concurrency requests in flight per
     # endpoint across batches; "batch" sends a batch and waits for all of it (Distilabel's way; comparison).
     dispatch: Literal["window", "batch"] = "window"
-    generate_replicas: int = Field(1, ge=1)  # copies of the generation step; only with dispatch "batch"
+    generate_replicas: int = Field(1, ge=1)  # copies of the generation step (= steps.generate.replicas)
+    # local: one machine, distilabel's process pool; ray: every stage copy is a Ray actor (docs/scaling.md)
+    engine: Literal["local", "ray"] = "local"
+    # ray: the cluster to join ("auto", "ray://head:10001", "head:6379"); none starts a Ray on this machine
+    ray_address: str | None = None
+    steps: StepsConfig = StepsConfig()
 
     @model_validator(mode="after")
-    def _replicas_need_batch(self) -> RunConfig:
-        if self.generate_replicas > 1 and self.dispatch == "window":
-            raise ValueError("generate_replicas > 1 needs dispatch: batch (one window already fills the teacher)")
+    def _replicas(self) -> RunConfig:
+        given = self.steps.generate.replicas
+        if given is not None and self.generate_replicas not in (1, given):
+            raise ValueError(f"generate_replicas ({self.generate_replicas}) and steps.generate.replicas ({given}) "
+                             "disagree; give only steps.generate.replicas")
+        if self.replicas("generate") > 1 and self.dispatch == "window" and self.engine == "local":
+            raise ValueError("generate_replicas > 1 needs dispatch: batch or engine: ray (on one machine one "
+                             "window already fills the teacher)")
+        if self.engine == "local":
+            for name in STEP_NAMES:
+                step = getattr(self.steps, name)
+                if step.cpus is not None:
+                    raise ValueError(f"steps.{name}.cpus: only with engine: ray (the local engine does not "
+                                     "reserve CPUs)")
+        if self.ray_address is not None and self.engine != "ray":
+            raise ValueError("ray_address: only with engine: ray")
         return self
+
+    def replicas(self, step: str) -> int:
+        if step == "generate":
+            return self.steps.generate.replicas or self.generate_replicas
+        return getattr(self.steps, step).replicas or 1
 
 
 class DedupeConfig(_Strict):

@@ -3,10 +3,12 @@
 With an HTTP teacher (an async LLM) the step keeps a rolling window of requests in flight across batches:
 ``process`` submits its batch and hands on the problems finished so far, whichever batch they came from,
 and drains the window when the loader marks the last problem. In-process engines (transformers, vLLM)
-batch by themselves and take the plain path: one ``generate`` call per batch.
+batch by themselves and take the plain path: one ``generate`` call per batch. Replicas on Ray (one window
+each) hand their windows to the one that takes the last batch (``drain_board``, pipelines/ray/drain.py).
 (No ``from __future__ import annotations``: distilabel reads the ``StepInput`` hint of ``process`` at runtime.)
 """
 
+import threading
 from typing import Any, Literal
 
 from distilabel.models.llms.base import AsyncLLM
@@ -75,8 +77,11 @@ class TeacherGeneration(Task):
     # "window": keep requests in flight across batches (async LLMs); "batch": one generate call per batch.
     dispatch: Literal["window", "batch"] = "window"
     max_in_flight: int | None = None
+    drain_board: str | None = None  # Ray, several replicas: the actor where they meet at the end
 
     _window: RollingWindow[dict[str, Any]] | None = PrivateAttr(default=None)
+    _drain: Any = PrivateAttr(default=None)
+    _busy: Any = PrivateAttr(default=None)  # made in load(): a lock does not pickle to the worker
 
     @property
     def inputs(self) -> dict[str, bool]:  # type: ignore[override]
@@ -102,12 +107,22 @@ class TeacherGeneration(Task):
             # Up to one window of problems waits behind the running ones, so the next batch can take a
             # round trip through distilabel's queues without the window running dry.
             self._window = RollingWindow(self._request, size=size, backlog=max(size, self.input_batch_size))
+            self._busy = threading.Lock()
             self._logger.info(f"generation keeps up to {size} requests in flight across batches")
+            if self.drain_board and self.resources.replicas > 1:
+                from pipelines.ray.drain import ReplicaDrain
+
+                window = self._window
+                self._drain = ReplicaDrain(self.drain_board, self.resources.replicas, busy=self._busy,
+                                           take_all=lambda: [self._finish(r, o) for r, o in window.take(True)])
 
     def unload(self) -> None:
         if self._window is not None:
-            self._window.close()
-            self._window = None
+            self._window.close()  # first: a drain watcher waiting for the window hands on what finished
+        if self._drain is not None:
+            self._drain.close()
+            self._drain = None
+        self._window = None
         super().unload()
 
     async def _request(self, messages: list[dict[str, str]]) -> dict[str, Any]:
@@ -133,7 +148,15 @@ class TeacherGeneration(Task):
             return
         # A short batch is always the last one; a full last batch carries the loader's end-of-stream mark.
         last = len(inputs) < self.input_batch_size or any(row.get(END_OF_STREAM) for row in inputs)
-        self._window.submit((row, self.format_input(row)) for row in inputs)
-        if not last:
-            self._window.wait_for_room()
-        yield [self._finish(row, output) for row, output in self._window.take(wait_all=last)]
+        with self._busy:
+            drain = self._drain
+            if last and drain is not None:
+                drain.end()  # the other replicas drain their windows meanwhile
+            wait_all = last or (drain is not None and drain.handed_over)
+            self._window.submit((row, self.format_input(row)) for row in inputs)
+            if not wait_all:
+                self._window.wait_for_room()
+            rows = [self._finish(row, output) for row, output in self._window.take(wait_all=wait_all)]
+        if last and drain is not None:
+            rows += drain.others()
+        yield rows
