@@ -267,3 +267,28 @@ def test_kd_export_refuses_a_foreign_tokenizer_and_missing_logprobs(tmp_path: Pa
     run_distill("export", plain, "--format", "sft", "--out", tmp_path / "sft")
     rows = pq.read_table(tmp_path / "sft" / "train.parquet").to_pylist()
     assert len(rows) == 3 and rows[0]["messages"][-1]["content"].startswith("<thought>")
+
+
+def test_prepared_data_older_than_its_dataset_is_dropped_before_training(tmp_path: Path) -> None:
+    """Axolotl keys its tokenised cache by the config, not the files: a re-export to the same path must not train
+    on the old rows."""
+    import os
+
+    import yaml
+
+    from pipelines.axolotl.train import drop_stale_prepared
+
+    data = tmp_path / "train.parquet"
+    data.write_bytes(b"rows")
+    prepared = tmp_path / "prepared" / "a91a63ad"
+    prepared.mkdir(parents=True)
+    (prepared / "data-00000.arrow").write_bytes(b"tokens")
+    config = tmp_path / "sft.yaml"
+    config.write_text(yaml.safe_dump({"datasets": [{"path": str(data)}],
+                                      "dataset_prepared_path": str(tmp_path / "prepared")}))
+    os.utime(data, (1_000, 1_000))  # the data is older than its tokenised copy: kept
+    assert drop_stale_prepared(config) is None and prepared.exists()
+    os.utime(data, None)  # re-exported after tokenising: dropped
+    os.utime(prepared / "data-00000.arrow", (2_000, 2_000))
+    assert drop_stale_prepared(config) == tmp_path / "prepared" and not (tmp_path / "prepared").exists()
+    assert drop_stale_prepared(config) is None  # nothing prepared yet

@@ -35,6 +35,7 @@ def run_axolotl(command: str, config: Path, log: Path | None = None, cwd: Path |
         raise SpecError(f"{VENV_TRAIN.name} has no axolotl: run `make setup-train`")
     if not Path(config).is_file():
         raise SpecError(f"CONFIG: {config} not found; render one with `distill config`")
+    drop_stale_prepared(Path(config), cwd)
     argv = [str(binary), command, str(config), *(extra or [])]
     if stream:
         code = subprocess.run(argv, cwd=cwd, env=axolotl_env(), stdin=subprocess.DEVNULL).returncode
@@ -52,6 +53,37 @@ def run_axolotl(command: str, config: Path, log: Path | None = None, cwd: Path |
                         f"{(errors or output.splitlines() or ['no output'])[-1][-300:]}"
                         + (f" (log: {log})" if log else ""))
     return output
+
+
+def drop_stale_prepared(config: Path, cwd: Path | None = None) -> Path | None:
+    """Remove the config's ``dataset_prepared_path`` when a dataset file changed after it was tokenised.
+
+    Axolotl names its prepared data by a hash of the config (paths, types, tokenizer), not of the files' content:
+    a re-export to the same path would otherwise train on the old rows without a word. Returns what it removed.
+    """
+    import shutil
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None  # axolotl reports a broken config itself
+    prepared = data.get("dataset_prepared_path")
+    if not prepared:
+        return None
+    base = cwd or Path.cwd()
+    folder = Path(prepared) if Path(prepared).is_absolute() else base / prepared
+    entries = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+    if not entries:
+        return None
+    tokenised = min(p.stat().st_mtime for p in entries)
+    files = [Path(d["path"]) if Path(d["path"]).is_absolute() else base / d["path"]
+             for d in data.get("datasets") or [] if isinstance(d, dict) and d.get("path")]
+    if any(f.is_file() and f.stat().st_mtime > tokenised for f in files):
+        shutil.rmtree(folder)
+        return folder
+    return None
 
 
 def losses(output: str) -> list[float]:
