@@ -163,7 +163,11 @@ def test_shipped_templates_are_complete(template: str) -> None:
     for key in ["base_model", "datasets", "output_dir", "sequence_len", "micro_batch_size", "learning_rate"]:
         assert key in config, key
     entry = config["datasets"][0]
-    assert entry["roles_to_train"] == ["assistant"] and entry["field_messages"] == "messages"
+    if template.startswith("prm"):  # a PRM trains on steps, not chat messages
+        assert entry["type"] == "stepwise_supervised" and config["process_reward_model"] is True
+        assert config["model_type"] == "AutoModelForTokenClassification" and config["num_labels"] == 2
+    else:
+        assert entry["roles_to_train"] == ["assistant"] and entry["field_messages"] == "messages"
     if template.startswith("kd"):
         assert config["plugins"] == ["axolotl.integrations.kd.KDPlugin"] and config["kd_trainer"] is True
     if template.startswith("kd-online"):
