@@ -93,7 +93,7 @@ def test_step_traces_prefixes_are_the_reply_verbatim() -> None:
         {"problem_id": "a", "sample_index": 1, "problem": "13 + 24", "gold": "37", "completion": completion,
          "thought": "3 + 4 = 7.\n1 + 2 = 3."},
         {"problem_id": "b", "problem": "x", "gold": "1", "completion": "\\boxed{1}", "thought": "1 = 1.\n2 = 2.",
-         "reasoning_content": "1 = 1.\n2 = 2.\n"},  # a reasoning parser took the thought out of the reply
+         "reasoning_content": "\n1 = 1.\n2 = 2.\n"},  # a reasoning parser took the thought out of the reply
         {"problem_id": "e", "problem": "x", "gold": "1", "completion": "rewritten", "thought": "not there"},
         {"problem_id": "c", "problem": "x", "gold": None, "completion": completion, "thought": "3 + 4 = 7."},
         {"problem_id": "d", "problem": "x", "gold": "1", "completion": None, "thought": None},

@@ -14,7 +14,7 @@ from typing import Any
 
 from prm.split import split_steps
 
-REASONING_START = "<think>\n"  # R1's opening tag, which vLLM's reasoning parsers strip from the reasoning
+REASONING_START = "<think>"  # R1's opening tag: vLLM's reasoning parsers strip it (only it) from the reasoning
 
 
 @dataclass(frozen=True)
