@@ -26,7 +26,7 @@ def lab_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
               "generation": demo["generation"],  # 200 problems: with 160, SFT varied from 4 to 20 %
               # issue 16: labels from the teacher, a PRM trained by Axolotl, the PRM in the filter (lab/prm_stage.py)
               "prm": {"completions": 4, "until": "first-error", "labels": ["hard"], "filter_with": "hard",
-                      "max_steps": 150, "held_out_problems": 60},
+                      "max_steps": 60, "held_out_problems": 40},
               "students": {**demo["students"], "variants": [{"name": "sft", "method": "sft"},
                                                             {"name": "kd", "method": "kd"},
                                                             {"name": "sft-prm", "method": "sft", "data": "prm"}]},
