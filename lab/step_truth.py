@@ -54,3 +54,23 @@ def write_labelled(records: Iterable[dict[str, Any]], path: Path, split: str = "
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return {"traces": len(rows), "erroneous": sum(r["label"] >= 0 for r in rows),
             "correct": sum(r["label"] == -1 for r in rows)}
+
+
+def write_true_labels(labels: Path, out: Path) -> int:
+    """``prm-label`` rows with their labels replaced by the truth (every step labelled): the oracle a PRM trained
+    on Monte Carlo labels is measured against (docs/lab.md). Returns the rows written."""
+    rows = [json.loads(line) for line in labels.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            wrong = first_wrong_step(row["prompt"], row["completions"])
+            truth = [wrong == -1 or k < wrong for k in range(len(row["completions"]))]
+            handle.write(json.dumps({"prompt": row["prompt"], "completions": row["completions"],
+                                     "labels": truth}) + "\n")
+    return len(rows)
+
+
+if __name__ == "__main__":  # python -m lab.step_truth LABELS.jsonl OUT.jsonl
+    import sys
+
+    print(write_true_labels(Path(sys.argv[1]), Path(sys.argv[2])))

@@ -48,7 +48,41 @@ class _DiscardOutputs:
         pass
 
 
-class ThrottledPipeline(Pipeline):
+class FactoryPipelineMixin:
+    """What the local and the Ray engine share over distilabel's own pipelines: the throttled snapshot and the
+    run's log routing. Mixed in before the distilabel class (``snapshot_every_s``, ``_last_snapshot``,
+    ``log_handler`` and ``verbose`` are set by the subclass)."""
+
+    snapshot_every_s: float
+    _last_snapshot: float
+    log_handler: Any
+    verbose: bool
+
+    def _cache(self) -> None:
+        now = time.monotonic()
+        if now - self._last_snapshot < self.snapshot_every_s:
+            return
+        self._last_snapshot = now
+        try:
+            super()._cache()  # type: ignore[misc]
+        except OSError as exc:  # only a diagnostic (see the module doc): a full disk must not fail the run here
+            self._logger.warning(f"could not write distilabel's snapshot ({exc.strerror or exc})")  # type: ignore[attr-defined]
+
+    def _init_steps_load_status(self) -> None:
+        # The first call after distilabel set up its logging (a queue from every process to handlers in this
+        # one): filter what its handlers show from here on, before its first INFO lines.
+        from distilabel.utils import logging as distilabel_logging
+
+        from pipelines.run_log import route_listener
+
+        listener = distilabel_logging.queue_listener
+        for handler in listener.handlers if listener is not None else ():
+            handler.addFilter(DropPerBatchChatter())
+        route_listener(listener, self.log_handler, self.verbose)
+        super()._init_steps_load_status()  # type: ignore[misc]
+
+
+class ThrottledPipeline(FactoryPipelineMixin, Pipeline):
     """A ``Pipeline`` whose per-batch bookkeeping is rate-limited or computed once (see the module doc)."""
 
     snapshot_every_s = 5.0
@@ -154,29 +188,6 @@ class ThrottledPipeline(Pipeline):
     def _is_running(self) -> bool:
         return getattr(self, "_batch_manager", None) is not None
 
-    def _cache(self) -> None:
-        now = time.monotonic()
-        if now - self._last_snapshot < self.snapshot_every_s:
-            return
-        self._last_snapshot = now
-        try:
-            super()._cache()
-        except OSError as exc:  # only a diagnostic (see the module doc): a full disk must not fail the run here
-            self._logger.warning(f"could not write distilabel's snapshot ({exc.strerror or exc})")
-
     def _finalize_pipeline_execution(self) -> None:
         self._last_snapshot = -math.inf  # the snapshot taken as the run ends is never skipped
         super()._finalize_pipeline_execution()
-
-    def _init_steps_load_status(self) -> None:
-        # The first call after distilabel set up its logging (a queue from every process to handlers in this
-        # one): filter what its handlers show from here on, before its first INFO lines.
-        from distilabel.utils import logging as distilabel_logging
-
-        from pipelines.run_log import route_listener
-
-        listener = distilabel_logging.queue_listener
-        for handler in listener.handlers if listener is not None else ():
-            handler.addFilter(DropPerBatchChatter())
-        route_listener(listener, self.log_handler, self.verbose)
-        super()._init_steps_load_status()

@@ -20,13 +20,12 @@ import math
 import os
 import signal
 import threading
-import time
 from typing import Any
 
 from distilabel.pipeline.ray import RayPipeline
 
 from pipelines.errors import RESUME_HINT, Interrupted, RunAborted
-from pipelines.throttled_pipeline import STOP_SIGNALS, DropPerBatchChatter, ThrottledPipeline
+from pipelines.throttled_pipeline import STOP_SIGNALS, FactoryPipelineMixin, ThrottledPipeline
 
 # What a Ray worker needs from the driver's environment (nodes started by `ray start` have their own). No
 # tokens: a runtime_env is kept in Ray's GCS and shown by its dashboard.
@@ -53,7 +52,7 @@ class StepActor:
         return self._step_wrapper.run()
 
 
-class FactoryRayPipeline(RayPipeline):
+class FactoryRayPipeline(FactoryPipelineMixin, RayPipeline):
     """``RayPipeline`` with the factory's stop handling, placement and death watch (see the module doc)."""
 
     snapshot_every_s = 5.0
@@ -252,16 +251,6 @@ class FactoryRayPipeline(RayPipeline):
             raise self.stop_reason
         threading.Thread(target=self._stop, name="ray-stop", daemon=True).start()  # Ray calls may block
 
-    def _cache(self) -> None:
-        now = time.monotonic()
-        if now - self._last_snapshot < self.snapshot_every_s:
-            return
-        self._last_snapshot = now
-        try:
-            super()._cache()
-        except OSError as exc:
-            self._logger.warning(f"could not write distilabel's snapshot ({exc.strerror or exc})")
-
     def _finalize_pipeline_execution(self) -> None:
         self._last_snapshot = -math.inf
         if isinstance(self.stop_reason, RunAborted):
@@ -273,17 +262,6 @@ class FactoryRayPipeline(RayPipeline):
             self._cache()
             return
         super()._finalize_pipeline_execution()
-
-    def _init_steps_load_status(self) -> None:
-        from distilabel.utils import logging as distilabel_logging
-
-        from pipelines.run_log import route_listener
-
-        listener = distilabel_logging.queue_listener
-        for handler in listener.handlers if listener is not None else ():
-            handler.addFilter(DropPerBatchChatter())
-        route_listener(listener, self.log_handler, self.verbose)
-        super()._init_steps_load_status()
 
 
 def actor_options(cpus: float | None, gpus: int | None) -> dict[str, Any]:
