@@ -49,10 +49,12 @@ $(VENV_VLLM)/$(STAMP):
 	touch $@
 
 test: $(VENV)/$(STAMP) $(VENV_TRAIN)/$(STAMP) $(VENV_VLLM)/$(STAMP) ## Run the whole test suite (what CI runs)
+	$(VENV)/bin/lint-imports
 	HF_HUB_OFFLINE=1 $(TRAIN_ENV) $(VENV)/bin/pytest -q $(ARGS)
 
-lint: ## Ruff
-	$(VENV)/bin/ruff check pipelines prm lab tests bench
+lint: $(VENV)/$(STAMP) ## Ruff, and import-linter's contracts: distill/ > pipelines/ > prm/, no cycles (pyproject.toml)
+	$(VENV)/bin/ruff check distill pipelines prm lab testing tests bench
+	$(VENV)/bin/lint-imports
 
 demo: $(VENV)/$(STAMP) $(VENV_TRAIN)/$(STAMP) $(VENV_VLLM)/$(STAMP) ## The whole loop offline: teacher, vLLM, traces, SFT and KD students, eval (~10 min)
 	HF_HUB_OFFLINE=1 $(TRAIN_ENV) $(DISTILL) demo $(ARGS)
@@ -82,8 +84,8 @@ preprocess: ## Tokenise a config's datasets: make preprocess CONFIG=...
 	@test -n "$(CONFIG)" || { echo "error: CONFIG is required: make preprocess CONFIG=axolotl_configs/<file>.yaml"; exit 2; }
 	$(DISTILL) train $(CONFIG) --preprocess $(ARGS)
 
-onpolicy: $(VENV)/$(STAMP) $(VENV_TRAIN)/$(STAMP) $(VENV_VLLM)/$(STAMP) ## On-policy distillation rounds: make onpolicy CONFIG=pipelines/onpolicy/configs/qwen2.5-1.5b.yaml
-	@test -n "$(CONFIG)" || { echo "error: CONFIG is required: make onpolicy CONFIG=pipelines/onpolicy/configs/<file>.yaml"; exit 2; }
+onpolicy: $(VENV)/$(STAMP) $(VENV_TRAIN)/$(STAMP) $(VENV_VLLM)/$(STAMP) ## On-policy distillation rounds: make onpolicy CONFIG=distill/onpolicy/configs/qwen2.5-1.5b.yaml
+	@test -n "$(CONFIG)" || { echo "error: CONFIG is required: make onpolicy CONFIG=distill/onpolicy/configs/<file>.yaml"; exit 2; }
 	$(DISTILL) onpolicy $(CONFIG) $(ARGS)
 
 IN ?=

@@ -24,13 +24,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from distill.serve.server import ServeConfig, free_port, start_servers  # noqa: E402
 from lab.tasks import SYSTEM_PROMPT, problems  # noqa: E402
-from pipelines.serve.server import ServeConfig, free_port, start_servers  # noqa: E402
 
 
 def distill(*args: str) -> float:
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "distill.cli", *args], cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"error: distill {args[0]} failed: {result.stderr.strip()[-500:]}")
     return time.monotonic() - started

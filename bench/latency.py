@@ -15,54 +15,18 @@ Prints; asserts nothing about times. Exits non-zero only when a model does not l
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lab.tasks import DICTATION_PROMPT, problems  # noqa: E402
-from pipelines.ondevice.check import chat_ids, load  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def cleaned(text: str) -> str:
-    return text.split("</thought>")[-1].strip()
-
-
-def measure(model_dir: Path, rows: list[dict[str, str]], max_new_tokens: int) -> dict[str, Any]:
-    import torch
-
-    model, tokenizer = load(model_dir)
-    timings, tokens, exact = [], 0, 0
-    for i, row in enumerate([rows[0], *rows]):  # the first is a warm-up, not counted
-        inputs = chat_ids(tokenizer, DICTATION_PROMPT, row["question"])
-        start = time.perf_counter()
-        with torch.inference_mode():
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        elapsed = time.perf_counter() - start
-        new = output[0, inputs["input_ids"].shape[1]:]
-        if i == 0:
-            continue
-        timings.append(elapsed * 1000)
-        tokens += len(new)
-        exact += cleaned(tokenizer.decode(new, skip_special_tokens=True)) == row["answer"]
-    return {"p50_ms": statistics.median(timings), "p95_ms": percentile(timings, 95),
-            "tokens_per_s": tokens / (sum(timings) / 1000), "tokens": tokens / len(rows), "exact": exact / len(rows)}
+from lab.latency import latency_table  # noqa: E402
 
 
 def prepared_models(args: argparse.Namespace, work: Path) -> list[tuple[str, Path]]:
-    from pipelines.ondevice.quantize import quantize_checkpoint
+    from distill.ondevice.quantize import quantize_checkpoint
 
     models: list[tuple[str, Path]] = []
     if args.student:
@@ -91,25 +55,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (a phone has a few big cores).")
     args = parser.parse_args()
-    import torch
-
-    torch.set_num_threads(args.threads)
-    rows = problems(args.prompts, 0, held_out=True, task="dictation", level=args.level)
     with tempfile.TemporaryDirectory() as tmp:
         models = prepared_models(args, Path(tmp))
         if not models:
             parser.error("give --student, --qad or --model NAME=DIR")
-        print(f"{args.prompts} held-out dictation clean-ups (level {args.level}) per model, greedy, "
-              f"{args.threads} threads, torch {torch.__version__}; baseline: {models[0][0]}")
-        print(f"{'model':<12} {'p50 ms':>8} {'p95 ms':>8} {'tok/s':>8} {'tok/cleanup':>11} {'exact':>6} "
-              f"{'p50 vs base':>11} {'tok/s vs base':>13}")
-        base: dict[str, Any] | None = None
-        for name, path in models:
-            result = measure(path, rows, args.max_new_tokens)
-            base = base or result
-            print(f"{name:<12} {result['p50_ms']:8.1f} {result['p95_ms']:8.1f} {result['tokens_per_s']:8.1f} "
-                  f"{result['tokens']:11.1f} {result['exact']:6.2f} {result['p50_ms'] / base['p50_ms']:10.2f}x "
-                  f"{result['tokens_per_s'] / base['tokens_per_s']:12.2f}x")
+        print(latency_table(models, args.prompts, args.level, args.max_new_tokens, args.threads))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from prm.backend_transformers import TransformersBackend, pick_dtype  # noqa: E4
 from prm.encode import encode_trace, length_batches, load_tokenizer  # noqa: E402
 from prm.evaluate import MINI_SET, load_labelled  # noqa: E402
 from prm.scorer import PrmScorer  # noqa: E402
-from prm.tiny import build_tiny_prm, random_config  # noqa: E402
+from testing.tiny_prm import build_tiny_prm, random_config  # noqa: E402
 
 
 def workload(count: int, max_extra: int, seed: int) -> list[tuple[str, list[str]]]:

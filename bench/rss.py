@@ -87,7 +87,7 @@ def measure(rows: int, url: str, work: Path, args: argparse.Namespace) -> dict[s
     httpx.post(url.removesuffix("/v1") + "/stats/reset")
     log = (case / "distill.log").open("w")
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(spec), "--out", str(case / "out")],
+    proc = subprocess.Popen([sys.executable, "-m", "distill.cli", "run", str(spec), "--out", str(case / "out")],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"})
     sampler = TreeSampler(proc.pid, stats_url)

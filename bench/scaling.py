@@ -97,7 +97,7 @@ def measure(replicas: int, engine: str, address: str, args: argparse.Namespace, 
         urls = [stack.enter_context(spawn(config)) for _ in range(replicas)]
         spec = write_spec(tmp / f"{engine}-{replicas}.yaml", source, urls, engine, args)
         out = tmp / f"out-{engine}-{replicas}"
-        command = [sys.executable, "-m", "pipelines.cli", "run", str(spec), "--out", str(out)]
+        command = [sys.executable, "-m", "distill.cli", "run", str(spec), "--out", str(out)]
         if engine == "ray":
             command += ["--ray-address", address]
         started = time.monotonic()

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.loopback.teacher import LoopbackTeacher  # noqa: E402
+from testing.loopback.teacher import LoopbackTeacher  # noqa: E402
 
 
 def _answer(messages: list[dict[str, str]], index: int) -> str:
@@ -60,7 +60,7 @@ def time_to_first_request(python_args: list[str], problems: int, root: Path = RO
     with tempfile.TemporaryDirectory(prefix="distill-startup-") as tmp, FirstRequest(_answer) as teacher:
         spec = _spec(Path(tmp), teacher.base_url, problems)
         started = time.monotonic()
-        result = subprocess.run([sys.executable, *python_args, "-m", "pipelines.cli", "run", str(spec), "--out",
+        result = subprocess.run([sys.executable, *python_args, "-m", "distill.cli", "run", str(spec), "--out",
                                  str(Path(tmp) / "out")], cwd=root, capture_output=True, text=True,
                                 env={**os.environ, "HF_HUB_OFFLINE": "1"})
         ended = time.monotonic()

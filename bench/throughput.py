@@ -46,8 +46,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from teacher_sim import SimConfig, spawn  # noqa: E402
 
-from pipelines.prompt import build_messages  # noqa: E402
 from pipelines.spec import PromptConfig  # noqa: E402
+from pipelines.trace.prompt import build_messages  # noqa: E402
 
 MAX_TOKENS = 32768  # above the simulator's longest trace: nothing is truncated
 
@@ -216,7 +216,7 @@ def run_pipeline(spec: Path, out: Path, log: Path, timeout: float) -> dict[str, 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     with log.open("w") as handle:
-        proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(spec), "--out", str(out)],
+        proc = subprocess.run([sys.executable, "-m", "distill.cli", "run", str(spec), "--out", str(out)],
                               cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout,
                               env={**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"})
     wall = time.monotonic() - started
@@ -287,8 +287,8 @@ def measure(slots: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
 @contextlib.contextmanager
 def real_vllm(args: argparse.Namespace, slots: int, work: Path) -> Any:
     """vLLM servers of the lab teacher (or --model), started as `distill serve` starts them; yields their URLs."""
+    from distill.serve.server import ServeConfig, free_port, start_servers
     from lab.tasks import SYSTEM_PROMPT
-    from pipelines.serve.server import ServeConfig, free_port, start_servers
 
     MODEL.update(name="bench-teacher", prompt=PromptConfig(system=SYSTEM_PROMPT), max_tokens=64)
     cfg = ServeConfig(model=str(args.model), name="bench-teacher", port=free_port(), replicas=args.endpoints,

@@ -8,14 +8,12 @@ from typing import Optional
 
 import typer
 
-from pipelines.spec import SpecError
+from distill.command import fail, interrupted
+from pipelines.spec import SpecError, load_spec
 
 app = typer.Typer(no_args_is_help=True, help="The distillation lab: tiny teachers that really reason, on CPU.")
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def _levels(text: str) -> list[int]:
@@ -56,7 +54,7 @@ def teacher(
         path = train_teacher(out, steps=steps, seed=seed, tag=tag, task=task, levels=_levels(levels),
                              corrupt=corrupt, shape=_shape(shape or []))
     except (SpecError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     meta = json.loads((path / "lab.json").read_text())
     typer.echo(f"teacher: {meta.get('parameters', '?')} parameters, final loss {meta['final_loss']:.4f}")
     typer.echo(str(path))
@@ -75,7 +73,7 @@ def student(
     try:
         path = build_student(teacher_dir, out, seed=seed, shape=_shape(shape or []))
     except (SpecError, ValueError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     meta = json.loads((path / "lab.json").read_text())
     typer.echo(f"student: {meta['parameters']} parameters")
     typer.echo(str(path))
@@ -96,7 +94,7 @@ def problems_file(
     try:
         rows = problems(n, seed, held_out=held_out, task=task, level=level)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     typer.echo(f"wrote {out}: {len(rows)} {'held-out' if held_out else 'train'} {task} problems")
@@ -121,8 +119,54 @@ def run_lab(config: str, out: Path | None, sets: list[str]) -> None:
         cfg = load_lab_config(config, parse_sets(sets))
         Loop(cfg, out or Path("out/lab") / cfg.name, echo=lambda line: typer.echo(line)).run()
     except SpecError as exc:
-        _fail(str(exc))
+        fail(str(exc))
+
+
+def demo(
+    hub: bool = typer.Option(False, "--hub", help="Instead: the shipped demo spec against Qwen2.5-0.5B-Instruct "
+                                                  "in-process (needs the network once)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default out/demo, or out/demo-hub with --hub)."),
+    limit: Optional[int] = typer.Option(None, help="--hub: only the first N problems."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a lab setting, e.g. students.max_steps=50."),
+    fresh: bool = typer.Option(False, "--fresh", help="--hub: discard what earlier runs generated into this "
+                                                      "folder and start over."),
+) -> None:
+    """The whole loop offline (lab/configs/demo.yaml): a tiny teacher that really reasons, served by vLLM, its
+    traces filtered and exported, SFT and KD students trained with Axolotl, all evaluated on held-out problems."""
+    if not hub:
+        run_lab("demo", out or Path("out/demo"), set_ or [])
+        return
+    from pipelines.run.runner import run_spec
+
+    out = out or Path("out/demo-hub")
+    dataset, text = load_spec("demo")
+    typer.echo(f"demo --hub: teacher {dataset.teacher.model} in-process on CPU (downloads it once; without a "
+               "network run `make demo`, the offline lab loop)")
+    try:
+        stats = run_spec(dataset, text, out, limit=limit, fresh=fresh)
+    except KeyboardInterrupt as exc:
+        interrupted(exc)
+    except SpecError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"teacher.model: cannot load {dataset.teacher.model!r} ({type(exc).__name__}); "
+             "check the network or run `make demo` (offline)")
+    typer.echo(f"wrote {out}: {stats['samples']} samples of {stats['problems']} problems, kept {stats['kept']} "
+               f"({stats['pass_rate']:.1%}); reasons {json.dumps(stats['reasons'])}")
+    typer.echo(f"inspect: python -c \"import pandas as pd; print(pd.read_parquet('{out}'))\"; "
+               f"stats in {out}/__meta__/stats.json")
+
+
+def tiny_model(out: Path = typer.Option(Path("out/tiny-model"), help="Where to write it.")) -> None:
+    """Build a tiny random Qwen2 model + tokenizer locally (for offline demos and tests)."""
+    from testing.tiny_model import build_tiny_model
+
+    typer.echo(str(build_tiny_model(out)))
 
 
 def register(root: typer.Typer) -> None:
+    """The lab's commands on ``distill`` (the ``distill.commands`` entry point in pyproject.toml): ``demo``,
+    ``tiny-model`` and ``lab …``. The product does not import the lab; the lab plugs into it."""
+    root.command("demo")(demo)
+    root.command("tiny-model")(tiny_model)
     root.add_typer(app, name="lab")

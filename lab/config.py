@@ -6,18 +6,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from pipelines.spec import SpecError, apply_sets
+from pipelines.spec import SpecError, Strict, apply_sets
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TeacherRecipe(_Strict):
+class TeacherRecipe(Strict):
     """`distill lab teacher`: a tiny Qwen2 trained from scratch on CPU."""
 
     task: Literal["addition", "dictation"] = "addition"
@@ -28,7 +24,7 @@ class TeacherRecipe(_Strict):
     dir: str | None = None  # where the teacher lives (default <out>/teacher); reused when its recipe matches
 
 
-class Generation(_Strict):
+class Generation(Strict):
     """`distill run` against the served teacher: n samples of the train problems."""
 
     problems: int = Field(200, ge=1)
@@ -38,7 +34,7 @@ class Generation(_Strict):
     max_new_tokens: int = Field(96, ge=8)
 
 
-class Variant(_Strict):
+class Variant(Strict):
     """One student recipe: its method and data; every variant starts from the same random init per seed."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
@@ -50,7 +46,7 @@ class Variant(_Strict):
     qat: bool = False  # quantization-aware training (`distill config --qat`): QAD with method kd
 
 
-class StudentTraining(_Strict):
+class StudentTraining(Strict):
     """The students: one random init of a smaller shape per seed, the same steps for every variant; Axolotl
     trains them."""
 
@@ -70,19 +66,19 @@ class StudentTraining(_Strict):
         return self
 
 
-class Evaluation(_Strict):
+class Evaluation(Strict):
     problems: int = Field(100, ge=1)
     num_samples: int = Field(4, ge=1)
     temperature: float = Field(0.6, ge=0.0, le=2.0)
     levels: list[int] | None = None  # default: the teacher's
 
 
-class Arm(_Strict):
+class Arm(Strict):
     lmbda: float = Field(ge=0.0, le=1.0)  # the on-policy share of a round's rows
     kd_alpha: float = Field(0.9, ge=0.0, le=1.0)  # the KD loss weight; cross-entropy on the row's tokens gets the rest
 
 
-class OnPolicyArms(_Strict):
+class OnPolicyArms(Strict):
     """After the students: `distill onpolicy` from the `start` variant's checkpoint, on-policy (lmbda 1: the
     student samples, the teacher scores its tokens) against off-policy (lmbda 0: the teacher's own KD traces), at
     equal rounds and training steps."""
@@ -97,7 +93,7 @@ class OnPolicyArms(_Strict):
     arms: dict[str, Arm] = {"onpolicy": Arm(lmbda=1.0), "offpolicy": Arm(lmbda=0.0)}
 
 
-class PrmRecipe(_Strict):
+class PrmRecipe(Strict):
     """Issue 16 in the lab: `distill prm-label` on the teacher's traces, an Axolotl PRM per label kind (from the
     teacher's checkpoint, with a fresh 2-class head), `distill prm-eval` on held-out traces whose first wrong step
     is known exactly (lab/step_truth.py), and the PRM back in the filter (students with ``data: prm``)."""
@@ -122,7 +118,7 @@ class PrmRecipe(_Strict):
         return self
 
 
-class LabConfig(_Strict):
+class LabConfig(Strict):
     name: str = "demo"
     teacher: TeacherRecipe = TeacherRecipe()
     generation: Generation = Generation()

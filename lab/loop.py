@@ -33,7 +33,7 @@ from lab.tasks import get_task, problems
 from pipelines.spec import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
-DISTILL = [sys.executable, "-m", "pipelines.cli"]
+DISTILL = [sys.executable, "-m", "distill.cli"]
 STAGES = 7
 # stage 1: problems the teacher solves at least half the time, traces no longer than the median
 CURRICULUM = ["--curriculum", "--stage1-min-pass-rate", "0.5", "--stage1-max-length-quantile", "0.5"]
@@ -114,7 +114,7 @@ class Loop:
     @contextmanager
     def served_teacher(self, teacher: Path) -> Iterator[str]:
         """`distill serve` the teacher for the run, the KD scoring pass and its own evaluation."""
-        from pipelines.serve.server import die_with_parent, free_port
+        from distill.serve.server import die_with_parent, free_port
 
         self.stage(2, "serve the teacher with vLLM (distill serve; ~1 min on 2 cores)")
         argv = ["serve", str(teacher), "--name", "lab-teacher", "--port", str(free_port()), "--dtype", "float32",
@@ -211,7 +211,7 @@ class Loop:
 
     def train_config(self, path: Path) -> Path:
         """`axolotl train` one rendered config, unless its output was trained from the same config and data."""
-        from pipelines.axolotl.train import losses, run_axolotl
+        from distill.axolotl.train import losses, run_axolotl
 
         self.echo(f"  $ distill train {path}")
         log = self.out / "logs" / f"{path.stem}.log"

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 import yaml
 
 from lab.config import load_lab_config
-from lab.loop import ROOT, Loop, model_name
+from lab.loop import Loop, model_name
 
 
 class OnDeviceLoop(Loop):
@@ -61,12 +59,10 @@ class OnDeviceLoop(Loop):
         return results
 
     def latency(self, models: dict[str, Path]) -> str:
-        self.stage(8, "bench/latency.py: ms per clean-up and tokens/s, ratios against fp32 in the same run")
-        argv = [sys.executable, str(ROOT / "bench" / "latency.py"), "--prompts", "20",
-                *(a for name, path in models.items() for a in ("--model", f"{name}={path}"))]
-        self.echo("  $ " + " ".join(argv[1:]))
-        result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=True)
-        return "\n".join(line for line in result.stdout.splitlines() if line.strip())
+        self.stage(8, "ms per clean-up and tokens/s (lab/latency.py, as bench/latency.py), ratios against fp32")
+        from lab.latency import latency_table
+
+        return latency_table(list(models.items()), prompts=20)
 
     def run(self) -> dict[str, Any]:  # type: ignore[override]
         self.out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.tasks import THOUGHT_TAGS, examples, get_task
-from pipelines.tiny_model import CHAT_TEMPLATE
+from testing.tiny_model import CHAT_TEMPLATE
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TAG_TOKENS = ["<think>", "</think>", "<thought>", "</thought>"]

@@ -18,8 +18,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipelines.parse import normalise, parse_trace
 from pipelines.spec import SpecError
+from pipelines.trace.parse import normalise, parse_trace
 
 PROBLEM = ("problem", "question", "prompt", "instruction", "query", "input")
 THOUGHT = ("thought", "reasoning", "reasoning_content", "thinking", "thinking_trajectory", "deepseek_reasoning",

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from prm.config import PrmConfig, SpecError, Strict, Url, check_url  # noqa: F401  (re-exported)
 
 SPECS_DIR = Path(__file__).parent / "specs"
 
@@ -18,15 +20,9 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
-class SpecError(ValueError):
-    """A spec that cannot be used; the message is one line naming the field and the fix."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SourceConfig(_Strict):
+class SourceConfig(Strict):
     """Where problems come from: a Hub dataset id or a local .jsonl/.parquet file."""
 
     path: str
@@ -53,7 +49,7 @@ class SourceConfig(_Strict):
         return self.path.endswith((".jsonl", ".json", ".parquet")) or Path(self.path).exists()
 
 
-class PromptConfig(_Strict):
+class PromptConfig(Strict):
     system: str = DEFAULT_SYSTEM_PROMPT
     user_template: str = "{problem}"
 
@@ -65,7 +61,7 @@ class PromptConfig(_Strict):
         return value
 
 
-class TeacherConfig(_Strict):
+class TeacherConfig(Strict):
     backend: Literal["openai", "vllm", "transformers"] = "openai"
     model: str = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
     base_url: str | list[str] = "http://127.0.0.1:8000/v1"
@@ -85,8 +81,7 @@ class TeacherConfig(_Strict):
     @classmethod
     def _urls(cls, value: str | list[str]) -> str | list[str]:
         for url in [value] if isinstance(value, str) else value:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"not a URL: {url!r} (expected http://host:port/v1)")
+            check_url(url)
         return value
 
     @property
@@ -94,7 +89,7 @@ class TeacherConfig(_Strict):
         return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
 
 
-class OutputConfig(_Strict):
+class OutputConfig(Strict):
     dir: str | None = None  # relative to the working directory and inside it; --out may point anywhere
     rows_per_file: int = Field(50_000, ge=1)
 
@@ -109,7 +104,7 @@ class OutputConfig(_Strict):
 STEP_NAMES = ("generate", "curate", "judge", "prm", "write")
 
 
-class StepConfig(_Strict):
+class StepConfig(Strict):
     """How many copies of a stage run and, on Ray, what each copy (an actor) reserves on a node."""
 
     replicas: int | None = Field(None, ge=1)  # default 1 (generate: run.generate_replicas)
@@ -117,7 +112,7 @@ class StepConfig(_Strict):
     gpus: int | None = Field(None, ge=0, le=64)  # Ray: the actor is placed on a node with that many free GPUs
 
 
-class StepsConfig(_Strict):
+class StepsConfig(Strict):
     generate: StepConfig = StepConfig()
     curate: StepConfig = StepConfig()
     judge: StepConfig = StepConfig()
@@ -125,7 +120,7 @@ class StepsConfig(_Strict):
     write: StepConfig = StepConfig()
 
 
-class RunConfig(_Strict):
+class RunConfig(Strict):
     batch_size: int = Field(64, ge=1)
     # How generation feeds an HTTP teacher: "window" keeps teacher.max_concurrency requests in flight per
     # endpoint across batches; "batch" sends a batch and waits for all of it (Distilabel's way; comparison).
@@ -162,7 +157,7 @@ class RunConfig(_Strict):
         return getattr(self.steps, step).replicas or 1
 
 
-class DedupeConfig(_Strict):
+class DedupeConfig(Strict):
     """Exact and MinHash-LSH near-duplicate removal of problems before generation (on by default)."""
 
     enabled: bool = True
@@ -171,7 +166,7 @@ class DedupeConfig(_Strict):
     shingle_size: int = Field(3, ge=1, le=16)
 
 
-class BenchmarkConfig(_Strict):
+class BenchmarkConfig(Strict):
     """An evaluation set to decontaminate against: a Hub dataset id or a local .jsonl/.parquet file."""
 
     path: str
@@ -189,7 +184,7 @@ class BenchmarkConfig(_Strict):
         return self.path.endswith((".jsonl", ".json", ".parquet")) or Path(self.path).exists()
 
 
-class DecontaminationConfig(_Strict):
+class DecontaminationConfig(Strict):
     """Drop problems whose word n-grams overlap a benchmark problem's (docs/decontamination.md).
 
     open-r1 drops a problem sharing any 8-gram (``ngram: 8, max_df: null, min_overlap: 0``); here stock phrases
@@ -206,71 +201,14 @@ class DecontaminationConfig(_Strict):
     min_shared: int | None = Field(None, ge=1)
 
 
-class PrmConfig(_Strict):
-    """The process reward model that scores each step of a kept thought (issue 3; see prm/)."""
-
-    model: str
-    # stepwise: a token classifier trained by Axolotl (`distill config prm`; prm/encode.py reads it as Axolotl wrote it)
-    style: Literal["math-shepherd", "qwen-prm", "stepwise"] = "math-shepherd"
-    backend: Literal["transformers", "vllm"] = "transformers"
-    base_url: str = "http://127.0.0.1:8001"  # vllm: a pooling server (prm.backend_vllm.server_args)
-    served_model: str | None = None  # vllm: the served model name (default: model)
-    tokenizer: str | None = None  # default: model
-    aggregation: Literal["min", "mean", "last", "product"] = "min"
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
-    split: Literal["auto", "blank_lines", "step_markers", "lines", "regex"] = "auto"
-    split_pattern: str | None = None  # split == "regex": a step ends after each match
-    # default: " ки" (math-shepherd), "<extra_0>" (qwen-prm), "\n" (stepwise: the training config's step_separator)
-    step_tag: str | None = None
-    good_token: str = "+"
-    bad_token: str = "-"
-    system: str = "Please reason step by step, and put your final answer within \\boxed{}."  # qwen-prm
-    batch_size: int = Field(16, ge=1)  # traces per forward pass (or per HTTP request)
-    max_batch_tokens: int = Field(65536, ge=1)  # padded tokens per forward pass
-    max_tokens: int = Field(4096, ge=8)  # longer traces are left unscored (kept as they are)
-    device: str = "auto"
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    trust_remote_code: bool = False
-    score_rejected: bool = False  # also score the thoughts of samples rejected for other reasons
-    server_probs: bool = True  # vllm: the pooler already applied softmax (vLLM's default for reward models)
-    max_concurrency: int = Field(4, ge=1)
-    timeout_s: float = Field(600.0, gt=0)
-
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"not a URL: {value!r} (expected http://host:port)")
-        return value
-
-    @model_validator(mode="after")
-    def _pattern(self) -> PrmConfig:
-        import re
-
-        if self.split == "regex" and not self.split_pattern:
-            raise ValueError("split 'regex' needs split_pattern (a regex that ends a step)")
-        if self.split_pattern:
-            try:
-                re.compile(self.split_pattern)
-            except re.error as exc:
-                raise ValueError(f"split_pattern: invalid regex ({exc})") from None
-        return self
-
-    @property
-    def tag(self) -> str:
-        if self.step_tag:
-            return self.step_tag
-        return {"math-shepherd": " ки", "qwen-prm": "<extra_0>"}.get(self.style, "\n")
-
-
-class SimilarityConfig(_Strict):
+class SimilarityConfig(Strict):
     """``verification: similarity``: an answer is right when it is close enough to the reference text."""
 
     metric: Literal["chrf", "wer"] = "chrf"
     threshold: float = Field(0.6, ge=0.0, le=1.0)  # chrf: chrF/100 at least this; wer: WER at most this
 
 
-class CodeConfig(_Strict):
+class CodeConfig(Strict):
     """``verification: code``: the sandbox limits for running an answer's code against the tests."""
 
     timeout_s: float = Field(10.0, gt=0, le=600)  # wall clock per answer
@@ -283,10 +221,10 @@ class CodeConfig(_Strict):
     workers: int = Field(4, ge=1, le=64)  # sandboxes run at once
 
 
-class JudgeConfig(_Strict):
+class JudgeConfig(Strict):
     """An LLM judge on a second OpenAI-compatible endpoint, scoring answers 0-10 against a rubric."""
 
-    base_url: str = "http://127.0.0.1:8001/v1"
+    base_url: Url = "http://127.0.0.1:8001/v1"
     model: str
     rubric: str
     threshold: float = Field(0.7, ge=0.0, le=1.0)  # on the score / 10
@@ -301,13 +239,6 @@ class JudgeConfig(_Strict):
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(4, ge=0)
 
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"not a URL: {value!r} (expected http://host:port/v1)")
-        return value
-
     @field_validator("rubric")
     @classmethod
     def _rubric(cls, value: str) -> str:
@@ -316,7 +247,7 @@ class JudgeConfig(_Strict):
         return value
 
 
-class DatasetSpec(_Strict):
+class DatasetSpec(Strict):
     name: str
     description: str = ""
     license: str | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipelines.spec import PrmConfig, SpecError
+from prm.config import PrmConfig, SpecError
 from prm.encode import EncodedTrace, length_batches, load_tokenizer, token_ids
 
 log = logging.getLogger("distill.prm")

@@ -4,7 +4,7 @@ Checked with vLLM 0.32 (``--task reward`` is gone); ``server_args(cfg, tokenizer
 
 - ``qwen-prm``: ``vllm serve MODEL --runner pooling --pooler-config '{"task": "token_classify",
   "tok_pooling_type": "ALL"}'``. Qwen2.5-Math-PRM runs as vLLM's ``Qwen2ForProcessRewardModel``, a
-  ``*ForTokenClassification`` checkpoint (the tiny PRM of prm/tiny.py) through ``--convert classify``
+  ``*ForTokenClassification`` checkpoint (the tiny PRM of testing/tiny_prm.py) through ``--convert classify``
   (automatic); rows are ``softmax(head)`` = ``[P(0), P(1)]``.
 - ``stepwise`` (a token classifier trained by ``distill config prm``): served as qwen-prm is; its ids are built
   piece by piece as Axolotl built them (prm/encode.py), so they are sent as token ids, never as text.
@@ -26,7 +26,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pipelines.spec import PrmConfig, SpecError
+from prm.config import PrmConfig, SpecError
 from prm.encode import EncodedTrace, load_tokenizer, pair_reward, token_ids
 
 

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.spec import PrmConfig, SpecError
+from prm.config import PrmConfig, SpecError
 
 
 @dataclass(frozen=True)

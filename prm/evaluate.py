@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.spec import SpecError
 from prm.aggregate import first_error
+from prm.config import SpecError
 
 MINI_SET = Path(__file__).parent / "data" / "processbench_mini.jsonl"
 

@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pipelines.spec import PrmConfig
 from prm.aggregate import PrmVerdict, judge
+from prm.config import PrmConfig
 from prm.encode import EncodedTrace, encode_trace, load_tokenizer
 from prm.split import split_steps
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.spec import SpecError
+from prm.config import SpecError
 
 LabelMode = Literal["hard", "soft"]
 SOFT_CUT = 0.5

@@ -25,13 +25,13 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-DISTILL = [sys.executable, "-m", "pipelines.cli"]
+DISTILL = [sys.executable, "-m", "distill.cli"]
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer Qwen2 with a locally trained tokenizer and a ChatML template."""
-    from pipelines.tiny_model import build_tiny_model
+    from testing.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
@@ -109,7 +109,7 @@ class Served:
 def served(model_dir: Path, name: str, *args: str, log_dir: Path) -> Iterator[Served]:
     """`distill serve` as a user runs it; stopped with SIGTERM, which must stop every vLLM process."""
     require_venv(".venv-vllm", "setup-vllm")
-    from pipelines.serve.server import free_port
+    from distill.serve.server import free_port
 
     command = [*DISTILL, "serve", str(model_dir), "--name", name, "--port", str(free_port()), "--dtype", "float32",
                "--max-model-len", "1024", "--seed", "0", "--log-dir", str(log_dir), *args]
@@ -134,7 +134,7 @@ def served(model_dir: Path, name: str, *args: str, log_dir: Path) -> Iterator[Se
         output.append(rest)
         assert process.returncode == 0, "".join(output)[-2000:]
         assert "stopped" in rest
-        from pipelines.serve.server import live_group_members
+        from distill.serve.server import live_group_members
 
         assert pids and not any(live_group_members(pid) for pid in pids)  # every vLLM process is gone
 

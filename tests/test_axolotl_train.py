@@ -214,7 +214,7 @@ def test_curriculum_stage2_starts_from_stage1(tmp_path: Path, traces: Path, stud
 
 def test_shipped_templates_pass_axolotls_own_validation(axolotl_bin: Path) -> None:
     """Every template in axolotl_configs/ (multi-GPU ones as on 2 GPUs) passes Axolotl's config schema."""
-    from pipelines.axolotl.configs import TEMPLATES_DIR
+    from distill.axolotl.configs import TEMPLATES_DIR
 
     script = ("import sys, yaml\n"
               "from axolotl.utils.config import validate_config\n"

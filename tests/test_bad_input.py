@@ -17,10 +17,10 @@ import yaml
 from conftest import run_distill, write_jsonl, write_spec
 
 from pipelines.errors import RunIncomplete, error_line
-from pipelines.loopback.teacher import LoopbackTeacher
-from pipelines.run import _check_complete
+from pipelines.run.runner import _check_complete
 from pipelines.spec import DatasetSpec
 from pipelines.store import write_part
+from testing.loopback.teacher import LoopbackTeacher
 
 ROWS = [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(6)]
 

@@ -24,8 +24,8 @@ from conftest import DISTILL, ROOT, run_distill, wait_for, write_jsonl, write_sp
 
 import pipelines.store as store
 from pipelines.errors import error_line
-from pipelines.loopback.teacher import LoopbackTeacher
 from pipelines.store import finalize, part_files, write_part
+from testing.loopback.teacher import LoopbackTeacher
 
 PROBLEMS = 40
 

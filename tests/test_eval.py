@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import run_distill, write_jsonl
 
-from pipelines.loopback.teacher import LoopbackTeacher
+from testing.loopback.teacher import LoopbackTeacher
 
 PROBLEMS = [{"question": "What is 2 + 2?", "answer": "4"}, {"question": "What is 3 + 5?", "answer": "8"},
             {"question": "What is 6 + 1?", "answer": "7"}]
@@ -131,7 +131,7 @@ def test_crafted_multiple_choice(crafted: dict[str, Any]) -> None:
 
 
 def test_crafted_dictation_similarity(crafted: dict[str, Any]) -> None:
-    from pipelines.eval.similarity import chrf, wer
+    from pipelines.verifiers.similarity import chrf, wer
 
     run = crafted["results"]["runs"]["good"]["dictation"]["all"]
     assert run["pass@1"] == 0.5 and run["pass@1_se"] == pytest.approx(0.5)  # one cleanup right, one garbage
@@ -211,7 +211,7 @@ def test_config_file_and_flag_override(tmp_path: Path) -> None:
 
 
 def test_sigterm_mid_eval_then_rerun_resumes(tmp_path: Path) -> None:
-    """SIGTERM while the first model is half done: the eval stops its run cleanly (exit 130); the same command
+    """SIGTERM while the first model is half done: the eval stops its run cleanly (exit 143); the same command
     finishes it, every problem once, without asking again for the problems already written."""
     import signal
     import subprocess
@@ -236,7 +236,7 @@ def test_sigterm_mid_eval_then_rerun_resumes(tmp_path: Path) -> None:
         wait_for(lambda: len(list(parts.glob("part-*.parquet"))) >= 2, 120, "the first part files")
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=120)
-        assert process.returncode == 130 and "interrupted; rerun the same command to resume" in stderr
+        assert process.returncode == 143 and "interrupted; rerun the same command to resume" in stderr
         asked = len(teacher.requests)
         assert asked < 16 and not (out / "results.json").exists()
         run_distill(*args)  # the run lock is free: nothing of the interrupted run is left
@@ -251,7 +251,7 @@ def test_a_checkpoint_retrained_in_place_is_not_resumed(tmp_path: Path) -> None:
     """The run key holds the weights' stamp: another training into the same folder makes the old samples stale."""
     import os
 
-    from pipelines.eval.run import weights_stamp
+    from distill.eval.run import weights_stamp
 
     model = tmp_path / "student"
     model.mkdir()

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.eval import metrics as m
-from pipelines.eval.config import parse_model_flag, validate
-from pipelines.eval.leakage import TrainFolder, distribution, leaked, problem_shape
-from pipelines.eval.score import answer_key
-from pipelines.eval.sets import load_set, set_problems, shipped_sets
-from pipelines.eval.similarity import chrf, rouge_l, wer
+from distill.eval import metrics as m
+from distill.eval.config import parse_model_flag, validate
+from distill.eval.leakage import TrainFolder, distribution, leaked, problem_shape
+from distill.eval.score import answer_key
+from distill.eval.sets import load_set, set_problems, shipped_sets
 from pipelines.spec import SimilarityConfig, SpecError
-from pipelines.verify import choice_options, extract_choice, verify_answer
+from pipelines.verifiers.similarity import chrf, rouge_l, wer
+from pipelines.verifiers.verify import choice_options, extract_choice, verify_answer
 
 
 @pytest.mark.parametrize(("n", "c", "k", "expected"), [
@@ -199,7 +199,7 @@ def test_model_flag_syntax() -> None:
 def test_teacher_traces_prefer_kept_thoughts(tmp_path: Path) -> None:
     import pandas as pd
 
-    from pipelines.eval.evaluate import teacher_thoughts
+    from distill.eval.evaluate import teacher_thoughts
 
     pd.DataFrame({"problem": ["What is 2+2?", "What is 2 + 2 ?", "What is 3+3?", "What is 3+3?", "What is 3+3?"],
                   "thought": ["kept one", "rejected one", "rejected a", None, "rejected b"],
@@ -212,7 +212,7 @@ def test_teacher_traces_prefer_kept_thoughts(tmp_path: Path) -> None:
 
 def test_all_null_answers_score_as_wrong() -> None:
     """An untrained model answers nothing: parquet reads an all-null column back as NaN, which is not an answer."""
-    from pipelines.eval.score import score_sample
+    from distill.eval.score import score_sample
 
     row = {"problem_id": "0", "sample_index": 0, "problem": "1 + 2", "gold": "3", "answer": float("nan"),
            "thought": float("nan"), "rejection_reason": "no_thought", "finish_reason": "stop", "completion_tokens": 7}

@@ -34,7 +34,7 @@ def _check_lab_run(results: dict, model: str) -> dict:
 
 def test_eval_serves_a_model_folder_itself(lab_teacher: Path, tmp_path: Path) -> None:
     require_venv(".venv-vllm", "setup-vllm")
-    from pipelines.serve.server import port_free
+    from distill.serve.server import port_free
 
     out = tmp_path / "eval"
     result = run_distill("eval", *PROTOCOL, "--model", f"teacher={lab_teacher}", "--out", out,  # the lab demo form

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from conftest import run_distill
 
-from pipelines.axolotl.configs import DELETE, METHODS, TEMPLATES_DIR, parse_overrides, render, set_key
-from pipelines.axolotl.curriculum import CurriculumConfig, difficulties, length_percentiles, split_stages
-from pipelines.axolotl.kd_align import (
+from distill.axolotl.configs import DELETE, METHODS, TEMPLATES_DIR, parse_overrides, render, set_key
+from distill.axolotl.curriculum import CurriculumConfig, difficulties, length_percentiles, split_stages
+from distill.axolotl.kd_align import (
     FILLER_LOGPROB,
     KDFormatError,
     StudentTurn,
@@ -280,7 +280,7 @@ def test_prepared_data_older_than_its_dataset_is_dropped_before_training(tmp_pat
 
     import yaml
 
-    from pipelines.axolotl.train import drop_stale_prepared
+    from distill.axolotl.train import drop_stale_prepared
 
     data = tmp_path / "train.parquet"
     data.write_bytes(b"rows")

@@ -17,9 +17,7 @@ import pandas as pd
 import pytest
 from conftest import run_distill, write_jsonl, write_spec
 
-from pipelines.loopback.faults import FAULT_KINDS, TRANSIENT_KINDS, FaultPlan
-from pipelines.loopback.teacher import LoopbackTeacher
-from pipelines.teacher_retry import (
+from pipelines.teachers.retry import (
     BadResponse,
     Failure,
     TeacherFailure,
@@ -28,7 +26,9 @@ from pipelines.teacher_retry import (
     classify,
     describe,
 )
-from pipelines.teachers import VLLMServerLLM
+from pipelines.teachers.server import VLLMServerLLM
+from testing.loopback.faults import FAULT_KINDS, TRANSIENT_KINDS, FaultPlan
+from testing.loopback.teacher import LoopbackTeacher
 
 URL = "http://127.0.0.1:9/v1/chat/completions"
 

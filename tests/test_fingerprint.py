@@ -12,10 +12,10 @@ import pytest
 import yaml
 from conftest import run_distill, write_jsonl, write_spec
 
-from pipelines import fingerprint
-from pipelines.loopback.teacher import LoopbackTeacher
+from pipelines.run import fingerprint
 from pipelines.spec import DatasetSpec, SpecError
 from pipelines.store import write_part
+from testing.loopback.teacher import LoopbackTeacher
 
 PROBLEMS = [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a, b in [(2, 3), (12, 30), (7, 8), (40, 2)]]
 

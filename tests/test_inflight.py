@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pipelines.inflight import EndpointPool, RollingWindow, least_in_flight
+from pipelines.teachers.inflight import EndpointPool, RollingWindow, least_in_flight
 
 
 def wait_until(condition, what: str, limit: float = 10.0) -> None:

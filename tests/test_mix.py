@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from conftest import run_distill, write_jsonl, write_spec
 
-from pipelines.loopback.teacher import LoopbackTeacher
-from pipelines.mix.plan import plan_mix, sample_indices
+from distill.mix.plan import plan_mix, sample_indices
 from pipelines.spec import SpecError
+from testing.loopback.teacher import LoopbackTeacher
 
 ALPHA = [{"question": f"What is {i}+1?", "answer": str(i + 1)} for i in range(6)]  # every sample right
 BETA = [{"question": f"What is {i}*3?", "answer": str(i * 3)} for i in range(2, 6)]  # one of two samples right

@@ -90,7 +90,7 @@ def test_qat_preprocess_and_train(tmp_path: Path, sft_export: Path, dictation_st
     from conftest import require_venv
     from safetensors import safe_open
 
-    from pipelines.axolotl.train import losses, run_axolotl
+    from distill.axolotl.train import losses, run_axolotl
 
     require_venv(".venv-train", "setup-train")
     qat = render(tmp_path, sft_export, dictation_student, "qat", "--qat")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.parse import normalise, parse_trace
+from pipelines.trace.parse import normalise, parse_trace
 
 
 def test_thought_then_answer() -> None:

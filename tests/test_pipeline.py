@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import run_distill, write_jsonl, write_spec
 
-from pipelines.loopback.teacher import LoopbackTeacher
+from testing.loopback.teacher import LoopbackTeacher
 
 PROBLEMS = [
     {"question": "What is 2+3?", "answer": "2+3=5 #### 5"},
@@ -158,7 +158,7 @@ def test_spec_errors_name_the_field(tmp_path: Path) -> None:
 
 
 def test_work_left_decides_whether_the_teacher_is_needed(tmp_path: Path) -> None:
-    from pipelines.run import work_left
+    from pipelines.run.runner import work_left
     from pipelines.spec import load_spec
     from pipelines.store import write_part
 

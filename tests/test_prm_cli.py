@@ -11,10 +11,10 @@ import pytest
 from conftest import run_distill, write_jsonl, write_spec
 from test_prm_scoring import direct_math_shepherd
 
-from pipelines.loopback.teacher import LoopbackTeacher
 from pipelines.store import finalize, write_part
 from prm.evaluate import MINI_SET, load_labelled, predictions, processbench_f1
 from prm.split import split_steps
+from testing.loopback.teacher import LoopbackTeacher
 
 PROBLEMS = [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a, b in [(2, 3), (12, 30), (7, 8), (40, 2)]]
 

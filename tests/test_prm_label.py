@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 from conftest import lab_spec, run_distill, write_jsonl, write_spec
 
-from pipelines.loopback.teacher import LoopbackTeacher
-from prm.label.consensus import agrees, parse_first_error, step_messages
-from prm.label.plan import (
+from distill.prm_label.consensus import agrees, parse_first_error, step_messages
+from distill.prm_label.plan import (
     Skipped,
     StepLabel,
     first_error,
@@ -26,6 +25,7 @@ from prm.label.plan import (
     step_label,
     step_traces,
 )
+from testing.loopback.teacher import LoopbackTeacher
 
 PROBLEMS = [(23, 45), (31, 27), (12, 16)]
 STEP = re.compile(r"(\d+) \+ (\d+) = (\d+)\.")
@@ -150,7 +150,7 @@ def test_judge_prompt_and_reply() -> None:
         messages[-1]["content"]
     assert parse_first_error("first \\boxed{1}, no: \\boxed{ 0 }", 2) == 0
     assert parse_first_error("\\boxed{-1}", 2) == -1
-    from pipelines.teacher_retry import BadResponse
+    from pipelines.teachers.retry import BadResponse
 
     for reply in ("step 1", "\\boxed{2}", None):
         with pytest.raises(BadResponse):

@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, 
 
 from pipelines.spec import PrmConfig, SpecError
 from prm.backend_vllm import PrmServerError
-from prm.loopback import LoopbackPrmServer
 from prm.scorer import PrmScorer, check_config
-from prm.tiny import build_tiny_prm
+from testing.prm_loopback import LoopbackPrmServer
+from testing.tiny_prm import build_tiny_prm
 
 PROBLEM = "Natalia sold 48 clips in April and half as many in May. How many clips did she sell?"
 TRACES = [  # different lengths and step counts, in one batch

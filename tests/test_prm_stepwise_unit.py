@@ -23,7 +23,7 @@ from prm.stepwise_data import read_labels, write_stepwise
 def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from transformers import AutoTokenizer
 
-    from pipelines.tiny_model import build_tokenizer
+    from testing.tiny_model import build_tokenizer
 
     path = tmp_path_factory.mktemp("tok")
     build_tokenizer(path)
@@ -171,7 +171,7 @@ def test_prm_eval_reads_trl_rows_with_the_first_false_label_as_the_error(tmp_pat
 def test_config_prm_renders_the_template_for_the_chosen_labels(tmp_path: Path) -> None:
     import yaml
 
-    from pipelines.axolotl.configs import TEMPLATES_DIR, write_prm_config
+    from distill.axolotl.configs import TEMPLATES_DIR, write_prm_config
 
     labels = labels_file(tmp_path, [ROW])
     out, stats = write_prm_config(labels, "Qwen/Qwen2.5-Math-1.5B", tmp_path / "prm.yaml", "soft", smoke=True,

@@ -25,8 +25,8 @@ import pytest
 import yaml
 from conftest import ROOT, require_venv, run_distill, served, write_jsonl, write_spec
 
-from pipelines.loopback.teacher import LoopbackTeacher
 from prm.encode import encode_stepwise
+from testing.loopback.teacher import LoopbackTeacher
 
 pytestmark = [pytest.mark.train, pytest.mark.slow]
 
@@ -59,7 +59,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def base_model(workdir: Path) -> Path:
     """A random tiny Qwen2 causal LM (head_dim 64): Axolotl puts the 2-way token head on it, as on Qwen2.5-Math."""
-    from prm.tiny import build_tiny_prm
+    from testing.tiny_prm import build_tiny_prm
 
     return build_tiny_prm(workdir / "base", shape="tiny-vllm", causal_lm=True)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from conftest import DISTILL, ROOT, run_distill, write_jsonl, write_spec
 
-from pipelines.loopback.teacher import LoopbackTeacher
-from pipelines.progress import PartsTally, Progress, describe, eta_s
+from pipelines.run.progress import PartsTally, Progress, describe, eta_s
 from pipelines.store import write_part
+from testing.loopback.teacher import LoopbackTeacher
 
 PROBLEMS = 12
 

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_distill, write_jsonl, write_spec
 
-from pipelines.loopback.hub import LoopbackHub
-from pipelines.loopback.teacher import LoopbackTeacher
-from pipelines.publish.redact import redact_spec
+from distill.publish.redact import redact_spec
+from testing.loopback.hub import LoopbackHub
+from testing.loopback.teacher import LoopbackTeacher
 
 TOKEN = "hf_loopbackSecretToken1234567890"
 REPO = "tester/gsm-traces"

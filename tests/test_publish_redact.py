@@ -10,7 +10,7 @@ import pandas as pd
 import yaml
 from conftest import run_distill
 
-from pipelines.publish.redact import local_name, redact_spec
+from distill.publish.redact import local_name, redact_spec
 from pipelines.store import finalize, meta_dir, write_part
 
 

@@ -7,9 +7,9 @@ import pyarrow as pa
 from huggingface_hub import DatasetCard
 from huggingface_hub.errors import HfHubHTTPError
 
-from pipelines.publish.card import CardInputs, render_card
-from pipelines.publish.configs import hub_configs, kd_table, kept_traces
-from pipelines.publish.push import describe, is_transient, redact
+from distill.publish.card import CardInputs, render_card
+from distill.publish.configs import hub_configs, kd_table, kept_traces
+from distill.publish.push import describe, is_transient, redact
 
 STATS = {
     "problems": 40, "samples": 160, "kept": 97, "rejected": 63, "pass_rate": 0.6063, "correct_rate": 0.7,

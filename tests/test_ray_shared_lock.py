@@ -1,4 +1,4 @@
-"""The run lease on shared storage (pipelines/shared_lock.py), with real processes and real files: one holder,
+"""The run lease on shared storage (pipelines/run/shared_lock.py), with real processes and real files: one holder,
 a live holder named, a killed holder taken over at once on its host and after the TTL from another host, a
 taken-over holder told so, and two waiters racing for a stale lease never both winning. Plus the spec's
 `run.engine` / `run.steps` validation, one line each."""
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.shared_lock import LEASE_NAME, acquire, read_lease, shared_lock
+from pipelines.run.shared_lock import LEASE_NAME, acquire, read_lease, shared_lock
 from pipelines.spec import SpecError
 
-HOLD = ("import sys, time; from pathlib import Path; from pipelines.shared_lock import acquire; "
+HOLD = ("import sys, time; from pathlib import Path; from pipelines.run.shared_lock import acquire; "
         "acquire(Path(sys.argv[1]), beat_s=0.2); print('held', flush=True); time.sleep(600)")
 
 

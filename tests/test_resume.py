@@ -21,11 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import DISTILL, ROOT, run_distill, write_jsonl, write_spec
 
-from pipelines.loopback.faults import FaultPlan
-from pipelines.loopback.teacher import LoopbackTeacher
-from pipelines.run_lock import run_lock
+from pipelines.run.lock import run_lock
 from pipelines.spec import SpecError
 from pipelines.store import finalize, part_files, write_part
+from testing.loopback.faults import FaultPlan
+from testing.loopback.teacher import LoopbackTeacher
 
 PROBLEMS = 96
 BATCH = 4

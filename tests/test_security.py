@@ -13,11 +13,11 @@ import pytest
 import yaml
 from conftest import ROOT, run_distill, write_jsonl, write_spec
 
-from pipelines.loopback.faults import FaultPlan
-from pipelines.loopback.teacher import LoopbackTeacher
-from pipelines.preflight import check_teacher
+from pipelines.run.preflight import check_teacher
 from pipelines.spec import PrmConfig, SpecError, TeacherConfig
-from pipelines.teachers import build_llm
+from pipelines.teachers.build import build_llm
+from testing.loopback.faults import FaultPlan
+from testing.loopback.teacher import LoopbackTeacher
 
 SECRET = "sk-test-3f9c1e77aa0b4d2e"
 CODE_DIRS = [ROOT / "pipelines", ROOT / "prm", ROOT / "bench"]
@@ -159,7 +159,7 @@ def test_spec_yaml_keeps_no_secret_fields():
 
 
 def test_a_spec_output_folder_cannot_escape_through_a_symlink(tmp_path: Path):
-    from pipelines.preflight import check_output
+    from pipelines.run.preflight import check_output
 
     work, outside = tmp_path / "work", tmp_path / "outside"
     work.mkdir()

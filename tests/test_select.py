@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from conftest import run_distill, write_jsonl, write_spec
 
-from pipelines.loopback.teacher import LoopbackTeacher
-from pipelines.select.selection import SelectConfig, best_trace, clusters, select
+from distill.select.selection import SelectConfig, best_trace, clusters, select
+from testing.loopback.teacher import LoopbackTeacher
 
 ORCHARD = "A farmer has 12 rows of {n} apple trees each in the orchard. How many apple trees does the farmer have?"
 PROBLEMS = [  # (problem, gold, which of the 4 samples are right)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import require_venv, run_distill
 
-from pipelines.serve import server
-from pipelines.serve.server import ServeConfig, server_args
+from distill.serve import server
+from distill.serve.server import ServeConfig, server_args
 from pipelines.spec import SpecError
 
 
@@ -63,6 +63,6 @@ def test_a_model_that_fails_to_load_names_the_error(tmp_path: Path) -> None:
 
 
 def _free() -> int:
-    from pipelines.serve.server import free_port
+    from distill.serve.server import free_port
 
     return free_port()

@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 from conftest import DISTILL, ROOT, run_distill, wait_for, write_jsonl, write_spec
 
-from pipelines.loopback.teacher import LoopbackTeacher
-from pipelines.run_lock import run_lock
-from pipelines.serve.server import live_group_members
+from distill.serve.server import live_group_members
+from pipelines.run.lock import run_lock
 from pipelines.spec import SpecError
 from pipelines.store import part_files
+from testing.loopback.teacher import LoopbackTeacher
 
 PROBLEMS = 48
 SAMPLES = 2

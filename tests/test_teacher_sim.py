@@ -56,7 +56,7 @@ def test_tokens_follow_time_and_truncate_at_max_tokens():
 
 
 def test_completion_text_parses_as_a_trace():
-    from pipelines.parse import parse_trace
+    from pipelines.trace.parse import parse_trace
 
     parsed = parse_trace(sim.completion_text(7, full_text=True))
     assert parsed.ok and parsed.answer == "\\boxed{42}" and parsed.thought.split() == ["step"] * 7

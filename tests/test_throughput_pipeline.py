@@ -92,7 +92,7 @@ def test_loader_never_ends_on_an_empty_batch_and_marks_the_last_problem(tmp_path
 def test_throttled_pipeline_snapshots_at_most_every_few_seconds(monkeypatch):
     from distilabel.pipeline import Pipeline
 
-    from pipelines.throttled_pipeline import ThrottledPipeline
+    from pipelines.engines.local import ThrottledPipeline
 
     snapshots = []
     monkeypatch.setattr(Pipeline, "_cache", lambda self: snapshots.append(1))

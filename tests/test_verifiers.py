@@ -11,14 +11,14 @@ import pytest
 import yaml
 from conftest import run_distill, write_spec
 
-from pipelines.loopback.teacher import LoopbackTeacher
 from pipelines.source import with_choices
 from pipelines.spec import JudgeConfig, load_spec
 from pipelines.steps.judge import apply_verdict
-from pipelines.teacher_retry import BadResponse
+from pipelines.teachers.retry import BadResponse
 from pipelines.verifiers.code import build_program, extract_code, problem_imports, verify_code
 from pipelines.verifiers.judge import Verdict, judge_messages, parse_verdict
-from pipelines.verify import decide_answer, verify_answer
+from pipelines.verifiers.verify import decide_answer, verify_answer
+from testing.loopback.teacher import LoopbackTeacher
 
 SAMPLES = Path(__file__).resolve().parents[1] / "pipelines" / "data" / "samples"
 HE_PROMPT = "from typing import List\n\n\ndef running_max(numbers: List[int]) -> List[int]:\n    \"\"\"Doc.\"\"\"\n"

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from pipelines.verify import gold_answer, last_boxed, verify_answer
+from pipelines.verifiers.verify import gold_answer, last_boxed, verify_answer
 
 
 @pytest.mark.parametrize(

@@ -102,7 +102,7 @@ def export_kd(dataset: Path, out: Path, student: Path, *extra: Any, check: bool 
 def check_targets_against_forward_pass(export_dir: Path, teacher_dir: Path) -> dict[str, int]:
     """Every exported target (the teacher's scored ones; a generation row's up to its end of turn) equals a direct
     forward pass of the teacher on the student's exact ids: same top-k ids, logprobs within 1e-3."""
-    from pipelines.axolotl.kd_align import student_turn
+    from distill.axolotl.kd_align import student_turn
 
     _, tokenizer = teacher_model(teacher_dir)
     counts = {"rows": 0, "positions": 0}
@@ -185,7 +185,7 @@ def finished_requests(root_url: str) -> float:
 def test_teacher_killed_and_restarted_mid_run(lab_teacher: Path, tmp_path: Path) -> None:
     """kill -9 of the vLLM server while `distill run` works, a restart on the same port, a rerun: every problem
     ends up in the output exactly once, with no failed sample left."""
-    from pipelines.serve.server import ServeConfig, free_port, start_servers
+    from distill.serve.server import ServeConfig, free_port, start_servers
 
     cfg = ServeConfig(model=str(lab_teacher), name="restarted", port=free_port(), dtype="float32",
                       max_model_len=1024, log_dir=tmp_path / "logs")

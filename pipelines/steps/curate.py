@@ -6,10 +6,10 @@ from typing import Any
 from distilabel.steps import Step, StepInput
 from distilabel.typing import StepOutput
 
-from pipelines.parse import normalise, parse_trace
-from pipelines.prompt import build_messages
 from pipelines.spec import CodeConfig, PromptConfig, SimilarityConfig
-from pipelines.verify import decide_answer, gold_answer, similarity_score
+from pipelines.trace.parse import normalise, parse_trace
+from pipelines.trace.prompt import build_messages
+from pipelines.verifiers.verify import decide_answer, gold_answer, similarity_score
 
 NEEDS_JUDGE = "needs_judge"  # an internal sample field for the judge step (never written)
 

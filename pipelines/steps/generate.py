@@ -4,7 +4,7 @@ With an HTTP teacher (an async LLM) the step keeps a rolling window of requests 
 ``process`` submits its batch and hands on the problems finished so far, whichever batch they came from,
 and drains the window when the loader marks the last problem. In-process engines (transformers, vLLM)
 batch by themselves and take the plain path: one ``generate`` call per batch. Replicas on Ray (one window
-each) hand their windows to the one that takes the last batch (``drain_board``, pipelines/ray/drain.py).
+each) hand their windows to the one that takes the last batch (``drain_board``, pipelines/engines/ray/drain.py).
 (No ``from __future__ import annotations``: distilabel reads the ``StepInput`` hint of ``process`` at runtime.)
 """
 
@@ -17,10 +17,10 @@ from distilabel.steps.tasks import Task
 from distilabel.typing import StepOutput
 from pydantic import PrivateAttr
 
-from pipelines.inflight import RollingWindow
-from pipelines.prompt import build_messages
 from pipelines.spec import PromptConfig
 from pipelines.steps.load import END_OF_STREAM
+from pipelines.teachers.inflight import RollingWindow
+from pipelines.trace.prompt import build_messages
 
 
 def samples_from_output(output: dict[str, Any], n: int, max_new_tokens: int) -> list[dict[str, Any]]:
@@ -110,7 +110,7 @@ class TeacherGeneration(Task):
             self._busy = threading.Lock()
             self._logger.info(f"generation keeps up to {size} requests in flight across batches")
             if self.drain_board and self.resources.replicas > 1:
-                from pipelines.ray.drain import ReplicaDrain
+                from pipelines.engines.ray.drain import ReplicaDrain
 
                 window = self._window
                 self._drain = ReplicaDrain(self.drain_board, self.resources.replicas, busy=self._busy,

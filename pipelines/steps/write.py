@@ -6,8 +6,8 @@ from pathlib import Path
 from distilabel.steps import Step, StepInput
 from distilabel.typing import StepOutput
 
+from pipelines.engines.process_tree import request_stop
 from pipelines.errors import error_line
-from pipelines.process_tree import request_stop
 from pipelines.store import flatten, write_part
 
 

@@ -3,7 +3,7 @@
 The judge is any OpenAI-compatible endpoint (a second vLLM server). It answers a JSON object
 ``{"score": 0-10, "reason": "…"}``; the score is stored divided by 10 (``judge_score`` in [0, 1]) with the
 reason (``judge_reason``, at most 300 characters). Requests go through the generation's retry policy
-(``pipelines/teacher_retry.py``): a reply without a readable score counts as a malformed response and is retried.
+(``pipelines/teachers/retry.py``): a reply without a readable score counts as a malformed response and is retried.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.spec import JudgeConfig
-from pipelines.teacher_retry import BadResponse, TeacherFailure, call_with_retries
+from pipelines.teachers.retry import BadResponse, TeacherFailure, call_with_retries
 
 MAX_REASON_CHARS = 300
 SYSTEM = ("You are a strict, fair grader. Grade the response against the rubric. Reply with only a JSON object: "

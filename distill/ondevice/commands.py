@@ -1,0 +1,84 @@
+"""``distill export-model``: a student checkpoint → a quantized model folder (torchao) and/or a GGUF file, checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from distill.command import fail, flag_error
+from pipelines.spec import SpecError
+
+DEFAULT_SYSTEM = ("Clean up the dictation: fix each disfluency in one step inside <thought>...</thought>, "
+                  "then write the clean text.")  # the lab's dictation prompt (lab/tasks.py), for the check only
+
+
+def export_model(
+    ckpt: Path = typer.Argument(..., help="A full-precision student folder (Axolotl's output_dir, a lab student)."),
+    out: Path = typer.Option(..., help="Folder for the quantized model (+ model.gguf) and ondevice.json."),
+    quantize: Optional[str] = typer.Option(None, help="int8 (int8 weights per channel) | int4 (int4 weights in "
+                                                      "groups, the QAT configs' scheme); both with int8 dynamic "
+                                                      "activations, torchao, saved with the model."),
+    group_size: int = typer.Option(32, help="int4: inputs per weight scale (Axolotl's qat.group_size)."),
+    gguf: bool = typer.Option(False, "--gguf", help="Also write out/model.gguf (llama.cpp's format) from CKPT."),
+    gguf_type: str = typer.Option("q8_0", help="GGUF weights: q8_0 | q4_0 | f32."),
+    system: str = typer.Option(DEFAULT_SYSTEM, help="System prompt of the load-and-generate check."),
+    check: bool = typer.Option(True, help="Load the result and generate (and read the GGUF back)."),
+) -> None:
+    """Quantize a student for the device and check that it loads and generates."""
+    from pydantic import ValidationError
+
+    from distill.ondevice.quantize import ExportModelOptions, check_checkpoint, quantize_checkpoint, write_manifest
+
+    try:
+        try:
+            options = ExportModelOptions(quantize=quantize, group_size=group_size, gguf=gguf, gguf_type=gguf_type)
+        except ValidationError as exc:
+            raise flag_error(exc) from None
+        if options.quantize is None and not options.gguf:
+            raise SpecError("--quantize: give int8 or int4, or --gguf (or both)")
+        check_checkpoint(ckpt)
+        record: dict = {"source": str(ckpt.resolve()), **options.model_dump()}
+        if options.quantize:
+            record["torchao"] = quantize_checkpoint(ckpt, out, options.quantize, options.group_size)
+            if check:
+                record["check"] = check_generates_orfail(out, ckpt, system)
+        if options.gguf:
+            from distill.ondevice.gguf_export import check_gguf, export_gguf
+
+            out.mkdir(parents=True, exist_ok=True)
+            expected = export_gguf(ckpt, out / "model.gguf", options.gguf_type)
+            record["gguf_file"] = {"path": "model.gguf", **(check_gguf(out / "model.gguf", ckpt, expected) if check
+                                                            else {"tensors": len(expected["tensors"])})}
+            if check:
+                from distill.ondevice.check import check_gguf_runtime
+
+                record["gguf_file"]["llama_cpp"] = check_gguf_runtime(out / "model.gguf", ckpt, system or None)
+        write_manifest(out, record)
+    except SpecError as exc:
+        fail(str(exc))
+    parts = []
+    if "torchao" in record:
+        t = record["torchao"]
+        parts.append(f"{options.quantize} weights {t['bytes']} B (fp32 {t['source_bytes']} B)")
+        if "check" in record:
+            parts.append(f"generates; token agreement with fp32 {record['check']['token_agreement_with_fp32']:.2f}")
+    if "gguf_file" in record:
+        g = record["gguf_file"]
+        parts.append(f"model.gguf {options.gguf_type} {g['bytes']} B, {g['tensors']} tensors"
+                     + (f", max relative error {g['max_relative_error']}" if "max_relative_error" in g else "")
+                     + (f", llama.cpp generates (agreement {g['llama_cpp']['token_agreement_with_fp32']:.2f})"
+                        if g.get("llama_cpp", {}).get("generates") else ""))
+    typer.echo(f"wrote {out}: " + "; ".join(parts) + f" ({json.dumps(str(out / 'ondevice.json'))})")
+
+
+def check_generates_orfail(out: Path, ckpt: Path, system: str) -> dict:
+    from distill.ondevice.check import check_generates
+
+    return check_generates(out, ckpt, system or None)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export-model")(export_model)

@@ -1,0 +1,91 @@
+"""On-policy distillation settings: one pydantic model loaded from YAML (``distill onpolicy CONFIG``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from pipelines.spec import SpecError, Strict, Url, _one_line, apply_sets
+
+
+class TeacherEndpoint(Strict):
+    """The teacher that grades every student token: a running vLLM (``distill serve``), scored with
+    ``prompt_logprobs`` (one prefill a sequence, no generation)."""
+
+    base_url: Url
+    model: str  # the served model name
+
+
+class Sampling(Strict):
+    """How the student samples the round's prompts (its own vLLM server, started per round)."""
+
+    prompts_per_round: int = Field(100, ge=1)  # round r takes the source's problems [r*N, (r+1)*N)
+    samples_per_prompt: int = Field(2, ge=1, le=64)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(512, ge=1)
+    max_model_len: int | None = Field(None, ge=16)  # the student server's context (default: the model's)
+    dtype: str | None = None  # default float32 without a GPU
+
+
+class Training(Strict):
+    """The round's `axolotl train` (KD from the current checkpoint), rendered from an axolotl_configs template."""
+
+    template: str = "kd-qwen2.5-1.5b.yaml"
+    max_steps: int = Field(200, ge=1)
+    learning_rate: float = Field(1e-5, ge=0.0)
+    micro_batch_size: int | None = Field(None, ge=1)
+    kd_beta: float = Field(0.0, ge=0.0, le=1.0)  # 0 forward KL(teacher || student), 1 reverse (GKD's beta)
+    kd_alpha: float = Field(0.9, ge=0.0, le=1.0)  # the cross-entropy on the student's own tokens gets 1 - kd_alpha
+    top_k: int = Field(20, ge=1, le=20)
+    max_seq_len: int = Field(4096, ge=16)
+    cpu: bool = False  # the float32 CPU profile (`distill config --smoke` with these steps): tests and the lab
+    overrides: dict[str, Any] = {}  # any other top-level Axolotl key
+
+
+class Evaluation(Strict):
+    set: str  # an eval set name or YAML (`distill eval --list`)
+    samples: int = Field(4, ge=1)
+    temperature: float = Field(0.6, ge=0.0, le=2.0)
+    max_new_tokens: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1)
+    offline: bool = False  # a shipped set's local copy instead of the Hub
+    backend: Literal["auto", "serve", "transformers"] = "auto"  # auto: in-process without a GPU
+
+
+class OnPolicyConfig(Strict):
+    name: str = Field("onpolicy", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    student: str  # the starting checkpoint (a folder)
+    teacher: TeacherEndpoint
+    prompts: str  # a spec (name or YAML): its source gives the prompts, its prompt section the messages
+    rounds: int = Field(2, ge=1, le=100)
+    # GKD's lambda: the share of each round's KD rows sampled by the student; the rest comes from `offpolicy`
+    lmbda: float = Field(1.0, ge=0.0, le=1.0)
+    offpolicy: str | None = None  # a `distill export --format kd` folder of the teacher's own traces
+    sampling: Sampling = Sampling()
+    training: Training = Training()
+    evaluation: Evaluation | None = None
+    out: Path = Path("out/onpolicy")
+    seed: int = 0
+
+
+def load_onpolicy_config(path: Path, overrides: dict[str, Any] | None = None) -> OnPolicyConfig:
+    """The YAML at ``path`` with dotted CLI overrides on top; an error names the field."""
+    if not path.is_file():
+        raise SpecError(f"CONFIG: {path} not found; start from distill/onpolicy/configs/qwen2.5-1.5b.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    apply_sets(data, overrides or {})
+    try:
+        cfg = OnPolicyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"{path.name}: {_one_line(exc)}") from None
+    if cfg.lmbda < 1.0 and not cfg.offpolicy:
+        raise SpecError(f"{path.name}: offpolicy: lmbda {cfg.lmbda} < 1 mixes in off-policy rows; give a "
+                        "`distill export --format kd` folder (or set lmbda: 1.0)")
+    return cfg

@@ -1,0 +1,258 @@
+"""On-policy distillation in rounds: the student samples, the teacher grades every one of its tokens.
+
+Round r (files in ``<out>/round-r/``, each step skipped when its output is complete, so a killed run resumes):
+1. ``samples/``: the current checkpoint served by vLLM (``distill serve``'s machinery) samples the round's
+   prompts through the factory's own pipeline (rolling window, retries, resume). Every well-formed sample is kept
+   (verification ``none``): the student's wrong turns are exactly where it needs the teacher.
+2. ``kd/``: the teacher scores the student's exact tokens (vLLM ``prompt_logprobs``, one prefill a sequence, no
+   generation) into a KD dataset with the alignment code of ``distill export --format kd``.
+3. ``data/``: with ``lmbda`` < 1, rows of an off-policy KD export are mixed in (GKD's lambda is the on-policy
+   share); else the round's own rows.
+4. ``model/``: ``axolotl train`` KD from the current checkpoint (``kd_beta`` 0 forward KL, 1 reverse).
+5. ``eval/``: ``distill eval`` of the new checkpoint (round 0 evaluates the starting one).
+``<out>/rounds.json`` and ``rounds.png`` hold pass@1 per round and the teacher/student tokens spent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from distill.onpolicy.config import OnPolicyConfig
+from pipelines.spec import DatasetSpec, SpecError, load_spec
+
+DONE = "onpolicy-trained.json"
+
+
+def round_problems(spec: DatasetSpec, round_index: int, per_round: int) -> list[dict[str, Any]]:
+    """Problems [(r-1)*N, r*N) of the prompts' source; a source that runs out wraps around."""
+    from pipelines.source import iter_problems
+
+    rows = list(iter_problems(spec.source, None))
+    if not rows:
+        raise SpecError(f"prompts: {spec.source.path} has no problems")
+    start = (round_index - 1) * per_round
+    return [rows[(start + i) % len(rows)] for i in range(per_round)]
+
+
+def round_spec(base: DatasetSpec, cfg: OnPolicyConfig, round_index: int, source: Path, url: str,
+               served_name: str) -> DatasetSpec:
+    s = cfg.sampling
+    spec = base.model_copy(deep=True)
+    spec.name = f"{cfg.name}-round-{round_index}"
+    spec.source = spec.source.model_copy(update={"path": str(source), "problem_field": "problem",
+                                                  "answer_field": "gold", "id_field": "problem_id",
+                                                  "config": None, "split": "train"})
+    spec.teacher = spec.teacher.model_copy(update={
+        "backend": "openai", "model": served_name, "base_url": url, "num_samples": s.samples_per_prompt,
+        "temperature": s.temperature, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens, "top_logprobs": None,
+        "max_concurrency": 16})
+    spec.verification = "none"
+    spec.prm = None
+    spec.dedupe = spec.dedupe.model_copy(update={"enabled": False})
+    spec.decontamination = spec.decontamination.model_copy(update={"benchmarks": []})
+    return spec
+
+
+def mix_offpolicy(export_dir: Path | None, offpolicy: Path, lmbda: float, out_dir: Path, seed: int,
+                  student: str) -> dict[str, Any]:
+    """The round's KD rows plus a seeded sample of off-policy rows, so that the on-policy share is ``lmbda``
+    (0: the off-policy rows alone, ``export_dir`` unused). The off-policy targets are token ids: the export must
+    have been made with the student's tokenizer."""
+    from distill.axolotl.export import MANIFEST, read_manifest, tokenizer_sha256
+    from distill.axolotl.shared_tokenizer import load_tokenizer
+
+    other = read_manifest(offpolicy)
+    manifest = read_manifest(export_dir) if export_dir is not None else other
+    theirs = (other.get("kd") or {}).get("distribution", {}).get("tokenizer_sha256")
+    if other.get("format") != "kd" or theirs != tokenizer_sha256(load_tokenizer(student)):
+        raise SpecError(f"offpolicy: {offpolicy} is not a KD export made with the student's tokenizer "
+                        f"({student}); export the teacher's traces with --student {student}")
+    on_rows = pq.read_table(export_dir / manifest["files"][0]["path"]).to_pylist() if export_dir is not None else []
+    off_rows = [r for f in other["files"] for r in pq.read_table(offpolicy / f["path"]).to_pylist()]
+    want = len(off_rows) if lmbda == 0 else round(len(on_rows) * (1 - lmbda) / lmbda)
+    rng = random.Random(seed)
+    picked = [off_rows[rng.randrange(len(off_rows))] for _ in range(want)] if off_rows else []
+    rows = ([] if lmbda == 0 else on_rows) + picked
+    rng.shuffle(rows)
+    columns = sorted(set(on_rows[0]) & set(picked[0])) if on_rows and picked else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist([{c: r[c] for c in columns} for r in rows] if columns else rows)
+    pq.write_table(table, out_dir / "train.parquet")
+    mixed = {**manifest, "student": student, "rows": len(rows),
+             "files": [{"stage": "train", "path": "train.parquet", "rows": len(rows)}],
+             "mix": {"lmbda": lmbda, "onpolicy_rows": len(rows) - len(picked), "offpolicy_rows": len(picked),
+                     "offpolicy": str(offpolicy)}}
+    (out_dir / MANIFEST).write_text(json.dumps(mixed, indent=2) + "\n")
+    return mixed
+
+
+def token_counts(export_dir: Path) -> dict[str, int]:
+    """Tokens the teacher scored (whole sequences, one prefill each) and the student generated."""
+    from distill.axolotl.export import read_manifest
+
+    manifest = read_manifest(export_dir)
+    table = pq.read_table(export_dir / manifest["files"][0]["path"], columns=["target_token_ids"])
+    targets = sum(len(t) for t in table.column("target_token_ids").to_pylist())
+    return {"teacher_scored_targets": targets}
+
+
+class Rounds:
+    def __init__(self, cfg: OnPolicyConfig, echo: Callable[[str], Any] = print) -> None:
+        self.cfg, self.echo = cfg, echo
+        self.base, _ = load_spec(cfg.prompts)
+        self.cpu = not _has_cuda()
+
+    def sample(self, r: int, checkpoint: str, folder: Path) -> dict[str, Any]:
+        from distill.serve.server import ServeConfig, free_port, start_servers
+        from pipelines.run.runner import run_spec
+
+        stats_path = folder / "samples" / "__meta__" / "stats.json"
+        if stats_path.exists():
+            self.echo(f"  round {r}: samples done ({stats_path})")
+            return json.loads(stats_path.read_text())
+        source = folder / "prompts.jsonl"
+        source.write_text("".join(json.dumps(p) + "\n" for p in round_problems(
+            self.base, r, self.cfg.sampling.prompts_per_round)), encoding="utf-8")
+        s = self.cfg.sampling
+        serve = ServeConfig(model=checkpoint, name=f"{self.cfg.name}-student-{r}", port=free_port(),
+                            dtype=s.dtype or ("float32" if self.cpu else "auto"), max_model_len=s.max_model_len,
+                            seed=self.cfg.seed + r, log_dir=folder / "serve")
+        self.echo(f"  round {r}: serving the student {checkpoint} with vLLM ...")
+        (server,) = start_servers(serve)
+        try:
+            spec = round_spec(self.base, self.cfg, r, source, server.base_url, serve.served_name)
+            self.echo(f"  round {r}: the student samples {s.prompts_per_round} prompts x {s.samples_per_prompt}")
+            text = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
+            stats = run_spec(spec, text, folder / "samples")
+        finally:
+            server.stop()
+        return stats
+
+    def grade(self, r: int, checkpoint: str, folder: Path) -> Path:
+        """The teacher's top-k on the student's exact tokens (plus off-policy rows when lmbda < 1)."""
+        from distill.axolotl.export import ExportOptions, export_dataset
+        from distill.kd.score import build_scorer
+
+        kd = folder / "kd"
+        if not (kd / "export.json").exists():
+            t = self.cfg.training
+            self.echo(f"  round {r}: the teacher {self.cfg.teacher.model} scores every student token "
+                      f"(top-{t.top_k} prompt_logprobs)")
+            scorer = build_scorer(self.cfg.teacher.model, self.cfg.teacher.base_url)
+            export_dataset(folder / "samples", kd, ExportOptions(format="kd", student=checkpoint, top_k=t.top_k,
+                                                                max_seq_len=t.max_seq_len), scorer)
+        if self.cfg.lmbda >= 1.0:
+            return kd
+        data = folder / "data"
+        if not (data / "export.json").exists():
+            mix_offpolicy(kd, Path(self.cfg.offpolicy), self.cfg.lmbda, data, self.cfg.seed + r, checkpoint)
+        return data
+
+    def train(self, r: int, checkpoint: str, data: Path, folder: Path) -> str:
+        from distill.axolotl.configs import write_configs
+        from distill.axolotl.export import read_manifest
+        from distill.axolotl.train import losses, run_axolotl
+
+        t = self.cfg.training
+        overrides: dict[str, Any] = {"max_steps": t.max_steps, "learning_rate": t.learning_rate,
+                                     "kd_beta": t.kd_beta, "kd_alpha": t.kd_alpha,
+                                     "kd_ce_alpha": round(1 - t.kd_alpha, 6), "num_epochs": 1000,
+                                     "seed": self.cfg.seed + r, **t.overrides}
+        if t.micro_batch_size:
+            overrides["micro_batch_size"] = t.micro_batch_size
+        (config,) = write_configs("kd", data, read_manifest(data), checkpoint, folder / "kd.yaml",
+                                  template=t.template, output_dir=folder / "model", prepared_dir=folder / "prepared",
+                                  overrides=overrides, smoke=t.cpu)
+        model = folder / "model"
+        digest = hashlib.sha256(config.read_bytes() + (data / "train.parquet").read_bytes()).hexdigest()
+        marker = model / DONE
+        if marker.exists() and json.loads(marker.read_text()).get("sha256") == digest:
+            self.echo(f"  round {r}: checkpoint done ({model})")
+            return str(model)
+        self.echo(f"  round {r}: axolotl train KD from {checkpoint}, {t.max_steps} steps (kd_beta {t.kd_beta})")
+        steps = losses(run_axolotl("train", config, log=folder / "train.log"))
+        marker.write_text(json.dumps({"sha256": digest, "losses": steps}) + "\n")
+        if steps:
+            self.echo(f"    KD loss {steps[0]:.4f} -> {steps[-1]:.4f}")
+        return str(model)
+
+    def evaluate(self, r: int, checkpoint: str) -> dict[str, Any] | None:
+        from distill.eval.config import EvalConfig, ModelConfig
+        from distill.eval.evaluate import evaluate
+
+        e = self.cfg.evaluation
+        if e is None:
+            return None
+        name = f"round-{r}"
+        out = self.cfg.out / f"round-{r}" / "eval"
+        cfg = EvalConfig(sets=[e.set], out=out, samples=e.samples, temperature=e.temperature,
+                         max_new_tokens=e.max_new_tokens, limit=e.limit, offline=e.offline,
+                         models=[ModelConfig(name=name, path=checkpoint, backend=e.backend if e.backend != "auto"
+                                             else "transformers" if self.cpu else "serve")])
+        results = evaluate(cfg)
+        run = next(iter(results["runs"][name].values()))
+        head = run["clean"] or run["all"]
+        self.echo(f"  round {r}: pass@1 {head['pass@1']:.1%} ± {head['pass@1_se']:.1%} ({out}/report.md)")
+        return {"pass@1": head["pass@1"], "pass@1_se": head["pass@1_se"],
+                "format_adherence": head.get("format_adherence")}
+
+    def run(self) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        checkpoint = str(Path(cfg.student))
+        history = [{"round": 0, "checkpoint": checkpoint, **(self.evaluate(0, checkpoint) or {})}]
+        self._write(history)
+        for r in range(1, cfg.rounds + 1):
+            folder = cfg.out / f"round-{r}"
+            folder.mkdir(parents=True, exist_ok=True)
+            self.echo(f"[round {r}/{cfg.rounds}]")
+            if cfg.lmbda == 0:  # all off-policy: nothing of the student's is graded (the baseline arm)
+                stats, data = {"samples": 0}, folder / "data"
+                if not (data / "export.json").exists():
+                    mix_offpolicy(None, Path(cfg.offpolicy), 0.0, data, cfg.seed + r, checkpoint)
+            else:
+                stats = self.sample(r, checkpoint, folder)
+                data = self.grade(r, checkpoint, folder)
+            checkpoint = self.train(r, checkpoint, data, folder)
+            history.append({"round": r, "checkpoint": checkpoint, "student_samples": stats["samples"],
+                            "student_tokens": (stats.get("tokens") or {}).get("completion_total"), **token_counts(data),
+                            "mix": json.loads((data / "export.json").read_text()).get("mix"),
+                            **(self.evaluate(r, checkpoint) or {})})
+            self._write(history)
+        return history
+
+    def _write(self, history: list[dict[str, Any]]) -> None:
+        (self.cfg.out / "rounds.json").write_text(json.dumps(history, indent=2) + "\n")
+        points = [(h["round"], h["pass@1"]) for h in history if h.get("pass@1") is not None]
+        if len(points) > 1:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(5, 3.2))
+            ax.plot([p[0] for p in points], [100 * p[1] for p in points], marker="o")
+            ax.set_xlabel("round")
+            ax.set_ylabel("pass@1 (%)")
+            ax.set_xticks([p[0] for p in points])
+            ax.set_title(f"{self.cfg.name}: on-policy distillation")
+            fig.tight_layout()
+            fig.savefig(self.cfg.out / "rounds.png", dpi=100)
+            plt.close(fig)
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())

@@ -1,0 +1,1 @@
+"""Where a run's distilabel pipeline executes: ``local`` (one machine) or ``ray`` (a cluster)."""

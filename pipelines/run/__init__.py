@@ -1,0 +1,1 @@
+"""A run of a spec: its plan, preflight, fingerprint, locks, progress, log and process tree."""
