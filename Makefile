@@ -13,6 +13,8 @@ TRAIN_ENV := AXOLOTL_DO_NOT_TRACK=1 DO_NOT_TRACK=1 HF_HUB_DISABLE_TELEMETRY=1
 DATASET ?= gsm8k
 CONFIG ?=
 ARGS ?=
+# make test: two pytest-xdist workers (most of the suite waits on servers, training and subprocesses)
+TEST_WORKERS ?= 2
 
 .PHONY: help setup setup-train setup-vllm test lint demo demo-hub onpolicy pipeline serve eval train preprocess prm-label lab publish bench chaos clean
 
@@ -50,7 +52,7 @@ $(VENV_VLLM)/$(STAMP):
 
 test: $(VENV)/$(STAMP) $(VENV_TRAIN)/$(STAMP) $(VENV_VLLM)/$(STAMP) ## Run the whole test suite (what CI runs)
 	$(VENV)/bin/lint-imports
-	HF_HUB_OFFLINE=1 $(TRAIN_ENV) $(VENV)/bin/pytest -q $(ARGS)
+	HF_HUB_OFFLINE=1 $(TRAIN_ENV) $(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=30 $(ARGS)
 
 lint: $(VENV)/$(STAMP) ## Ruff, and import-linter's contracts: distill/ > pipelines/ > prm/, no cycles (pyproject.toml)
 	$(VENV)/bin/ruff check distill pipelines prm lab testing tests bench

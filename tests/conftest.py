@@ -78,14 +78,38 @@ def require_venv(name: str, setup: str) -> Path:
     return path
 
 
+# Under `pytest -n 2 --dist loadgroup` (make test) every test that uses a session-wide vLLM teacher runs in one
+# worker, so each server starts once per run rather than once per worker; the other worker takes the rest.
+SHARED_SERVERS = {"vllm_teacher", "vllm_r1_teacher"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SHARED_SERVERS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("vllm-teachers"))
+
+
 # --- a real vLLM server (CPU build in .venv-vllm) serving a tiny teacher trained here ------------------------
+
+@contextmanager
+def cache_lock(request: pytest.FixtureRequest, name: str) -> Iterator[Path]:
+    """A folder of .pytest_cache held by one test process at a time: under pytest-xdist the first worker builds
+    what is cached there (a trained teacher), the other waits and reuses it (train_teacher checks its recipe)."""
+    import fcntl
+
+    folder = request.config.cache.mkdir(name)
+    with open(folder.parent / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield folder
+
 
 @pytest.fixture(scope="session")
 def lab_teacher(request: pytest.FixtureRequest) -> Path:
     """A tiny teacher trained on CPU (~1 min) that writes `<thought>` column sums; cached in .pytest_cache."""
     from lab.teacher import train_teacher
 
-    return train_teacher(request.config.cache.mkdir("lab-teacher-thought"), steps=300, tag="thought")
+    with cache_lock(request, "lab-teacher-thought") as folder:
+        return train_teacher(folder, steps=300, tag="thought")
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +117,8 @@ def lab_r1_teacher(request: pytest.FixtureRequest) -> Path:
     """The same task, R1-style: the teacher writes `<think>…</think>` whatever the prompt asks."""
     from lab.teacher import train_teacher
 
-    return train_teacher(request.config.cache.mkdir("lab-teacher-think"), steps=300, tag="think")
+    with cache_lock(request, "lab-teacher-think") as folder:
+        return train_teacher(folder, steps=300, tag="think")
 
 
 @dataclass
@@ -161,8 +186,8 @@ def lab_spec(path: Path, teacher: Served | tuple[str, str], n_problems: int = 12
     source = write_jsonl(path.parent / f"{path.stem}-problems.jsonl", problems(n_problems, seed=seed))
     return write_spec(path, source, prompt={"system": SYSTEM_PROMPT}, dedupe={"enabled": False},
                       verification=verification,
-                      teacher={"model": name, "base_url": base_url, "max_new_tokens": 64,
-                               **teacher_fields})
+                      teacher={"model": name, "base_url": base_url, "max_new_tokens": 64, "seed": 0,
+                               **teacher_fields})  # seeded: a test's samples are the same on every run
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> None:

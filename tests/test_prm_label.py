@@ -306,7 +306,11 @@ def test_prm_label_real_vllm_r1_teacher_behind_a_reasoning_parser(tmp_path: Path
                for r in completions if r["rejection_reason"] != "teacher_error")
     parsed = [r for r in completions if r["thought"]]
     assert len(parsed) >= 0.8 * len(completions)
-    # the labelled steps are the thought's lines, and a right first step mostly leads to the gold
+    # the labelled steps are the thought's lines; each hard label is what its completions say (any reached the
+    # gold), the soft label their share, and the teacher's right first steps do lead to the gold. (How often is
+    # the teacher's business, not this command's: a share asserted here failed at random, 4 of 12 once.)
     rows = _rows(out / "labels.jsonl")
     assert all(" = " in r["completions"][0] for r in rows.values())
-    assert sum(r["labels"][0] for r in rows.values()) >= 0.5 * len(rows)
+    assert all(r["labels"] == [s > 0 for s in r["soft_labels"]] for r in rows.values())
+    assert all(s in (0.0, 0.5, 1.0) for r in rows.values() for s in r["soft_labels"])  # of 2 completions
+    assert any(r["labels"][0] for r in rows.values())

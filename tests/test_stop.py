@@ -38,6 +38,14 @@ def _asked(requests: list[dict]) -> list[int]:
     return sorted(int(re.findall(r"What is (\d+) \+", r["messages"][-1]["content"])[0]) for r in requests)
 
 
+def _lock_is_free(cache: Path) -> bool:
+    try:
+        with run_lock(cache, grace_s=0):
+            return True
+    except SpecError:
+        return False
+
+
 def _problem_ids(cache: Path) -> list[str]:
     return [pid for part in part_files(cache) for pid in sorted(set(pd.read_parquet(part).problem_id))]
 
@@ -76,8 +84,10 @@ def test_a_stopped_run_leaves_nothing_behind_and_resumes(tmp_path: Path, target:
             assert "a pipeline step failed" not in output and "Traceback" not in output
         ids = _problem_ids(cache)
         assert 0 < len(ids) < PROBLEMS and len(ids) == len(set(ids)), "a problem was written twice"
-        with run_lock(cache, grace_s=0):  # free at once: nothing of the stopped run holds it
-            pass
+        # Nothing of the stopped run holds the lock once its processes are gone. The kernel releases a flock
+        # as the last holder's files close, which can trail the process table by a moment after a SIGKILL:
+        # wait for that with a deadline (the product's rerun waits LEFTOVER_GRACE_S for the same reason).
+        wait_for(lambda: _lock_is_free(cache), 30, "the stopped run's lock to be released")
         time.sleep(0.3)  # requests of the stopped run that the teacher already read are answered by now
         before = len(teacher.requests)
         result = run_distill("run", spec, "--out", out)

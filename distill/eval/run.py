@@ -47,6 +47,7 @@ class Plan:
     top_p: float
     max_new_tokens: int
     logprobs: bool
+    seed: int | None = None
 
     @property
     def key(self) -> dict[str, Any]:
@@ -57,7 +58,7 @@ class Plan:
                 "backend": model.backend if model.path else "url",
                 "problems_sha256": self.problems_sha256, "samples": self.samples, "temperature": self.temperature,
                 "top_p": self.top_p, "max_new_tokens": self.max_new_tokens, "logprobs": self.logprobs,
-                "prompt": self.eval_set.prompt.model_dump()}
+                "prompt": self.eval_set.prompt.model_dump(), **({"seed": self.seed} if self.seed is not None else {})}
 
 
 def weights_stamp(path: str | None) -> str | None:
@@ -88,7 +89,8 @@ def plan_runs(cfg: EvalConfig, sets: list[EvalSet], prepared: dict[str, tuple[Pa
             plans.append(Plan(model, eval_set, path, sha, cfg.out / "runs" / model.name / eval_set.name,
                               cfg.samples or eval_set.samples,
                               eval_set.temperature if cfg.temperature is None else cfg.temperature,
-                              cfg.top_p or eval_set.top_p, cfg.max_new_tokens or eval_set.max_new_tokens, logprobs))
+                              cfg.top_p or eval_set.top_p, cfg.max_new_tokens or eval_set.max_new_tokens, logprobs,
+                              cfg.seed))
     return plans
 
 
@@ -105,7 +107,8 @@ def dataset_spec(plan: Plan, endpoint: Endpoint) -> tuple[DatasetSpec, str]:
                     "api_key_env": model.api_key_env, "num_samples": plan.samples,
                     "temperature": plan.temperature, "top_p": plan.top_p, "max_new_tokens": plan.max_new_tokens,
                     "top_logprobs": 1 if plan.logprobs else None, "max_concurrency": model.max_concurrency,
-                    "timeout_s": 3600.0, "trust_remote_code": model.trust_remote_code},
+                    "timeout_s": 3600.0, "trust_remote_code": model.trust_remote_code,
+                    "seed": plan.seed if endpoint.backend == "openai" else None},
         "verification": plan.eval_set.verification,
         "similarity": plan.eval_set.similarity.model_dump(),
         "run": {"batch_size": model.batch_size or (64 if endpoint.backend == "openai" else 8)},

@@ -71,10 +71,14 @@ def run_lock(cache_dir: Path, grace_s: float = LEFTOVER_GRACE_S) -> Iterator[Pat
             deadline = time.monotonic() + grace_s
             while not _try_lock(fd):
                 if time.monotonic() > deadline:
-                    pids = lock_holders(path)
-                    raise SpecError(f"{cache_dir}: the run that used this folder (pid {holder or '?'}) has exited, "
-                                    f"but processes it left still hold it (pids {' '.join(map(str, pids)) or '?'}); "
-                                    f"stop them (kill {' '.join(map(str, pids)) or 'PID'}) and rerun")
+                    pids = " ".join(map(str, lock_holders(path)))
+                    run = f"the run that used this folder (pid {holder})" if holder else "an earlier run"
+                    if not pids:  # still exiting, or in another PID namespace (a container, another host's NFS)
+                        raise SpecError(f"{cache_dir}: {run} has exited, but its lock is still held by a process "
+                                        "not visible from here; rerun in a few seconds, or stop the processes of "
+                                        f"that run where they run (fuser {path} shows them)")
+                    raise SpecError(f"{cache_dir}: {run} has exited, but processes it left still hold it "
+                                    f"(pids {pids}); stop them (kill {pids}) and rerun")
                 time.sleep(0.1)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

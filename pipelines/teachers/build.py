@@ -38,6 +38,8 @@ def generation_kwargs(teacher: TeacherConfig) -> dict[str, Any]:
                               "top_p": teacher.top_p}
     if teacher.top_logprobs:
         kwargs["top_logprobs"] = teacher.top_logprobs
+    if teacher.seed is not None:
+        kwargs["seed"] = teacher.seed
     if teacher.backend == "transformers":
         kwargs.update(do_sample=teacher.temperature > 0, repetition_penalty=1.0)
     return kwargs
