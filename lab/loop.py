@@ -102,7 +102,8 @@ class Loop:
             "prompt": {"system": self.task.system_prompt},
             "teacher": {"backend": "openai", "model": "lab-teacher", "base_url": base_url,
                         "num_samples": g.num_samples, "temperature": g.temperature, "top_p": 1.0,
-                        "max_new_tokens": g.max_new_tokens, "top_logprobs": g.top_logprobs, "max_concurrency": 16},
+                        "max_new_tokens": g.max_new_tokens, "top_logprobs": g.top_logprobs, "max_concurrency": 16,
+                        "seed": g.seed},
             "verification": self.task.verification if data == "filtered" else "none",
             "dedupe": {"enabled": False},  # "12 + 34" and "12 + 43" are different problems
             "run": {"batch_size": 32},

@@ -72,8 +72,8 @@ class TeacherConfig(Strict):
     max_new_tokens: int = Field(8192, ge=1)
     # k+1 are asked of vLLM (its --max-logprobs defaults to 20) so that the sampled token never takes a top-k place
     top_logprobs: int | None = Field(None, ge=1, le=19)
-    # backend openai (a vLLM server): each request's sampling seed derives from this and its messages, so a rerun
-    # samples the same (vLLM's per-request generator); None: unseeded
+    # each request's sampling seed derives from this and its messages, so a rerun samples the same (a vLLM
+    # server's per-request generator, or torch's for transformers); None: unseeded
     seed: int | None = None
     max_concurrency: int = Field(64, ge=1)
     timeout_s: float = Field(600.0, gt=0)
@@ -82,8 +82,9 @@ class TeacherConfig(Strict):
 
     @model_validator(mode="after")
     def _seed_needs_a_server(self) -> TeacherConfig:
-        if self.seed is not None and self.backend != "openai":
-            raise ValueError("seed: only the openai backend (a vLLM server) takes a per-request seed")
+        if self.seed is not None and self.backend == "vllm":
+            raise ValueError("seed: the in-process vllm backend takes no seed; use backend openai (distill serve) "
+                             "or transformers")
         return self
 
     @field_validator("base_url")

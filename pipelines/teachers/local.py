@@ -7,6 +7,7 @@ generates with ``model.generate`` and reads both from the generated ids.
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 from distilabel.models.llms import TransformersLLM
@@ -33,12 +34,15 @@ class LocalTransformersLLM(TransformersLLM):
         do_sample: bool = True,
         repetition_penalty: float = 1.0,
         top_logprobs: int | None = None,
+        seed: int | None = None,
     ) -> list[dict[str, Any]]:
         import torch
 
         model, tokenizer = self._pipeline.model, self._pipeline.tokenizer  # type: ignore[union-attr]
         tokenizer.padding_side = "left"  # generation continues from the right edge of every prompt
         prompts = [self.prepare_input(input=messages) for messages in inputs]
+        if seed is not None:  # the batch's own seed, from the spec's and its prompts: a rerun samples the same
+            torch.manual_seed((seed + zlib.crc32("\0".join(prompts).encode())) % 2**31)
         encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
         with torch.no_grad():
