@@ -83,6 +83,7 @@ def require_venv(name: str, setup: str) -> Path:
 SHARED_SERVERS = {"vllm_teacher", "vllm_r1_teacher"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marker into the node id's group suffix
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if SHARED_SERVERS & set(getattr(item, "fixturenames", ())):
