@@ -1,4 +1,5 @@
-"""The top-k + tail KD losses (distill/axolotl/kd_plugin/loss.py) against a full-vocabulary reference, in torch only.
+"""The top-k + tail KD losses (distill/axolotl/kd_plugin/loss.py) against a full-vocabulary reference, in torch only,
+and `distill config kd`'s choice of loss (the plugin by default, --loss/--beta, the refusals of rules.py).
 
 What a distillation loss must do before any data is blamed: equal the true divergence when the k ids cover the
 vocabulary (value and gradient), give ≈ 0 with the teacher as its own student, pull a student's mass from outside
@@ -7,12 +8,20 @@ the teacher's top k back in under the loss alone, and ignore what the collator m
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+import yaml
 
+from distill.axolotl.configs import METHODS, TEMPLATES_DIR, write_configs
+from distill.axolotl.export import read_manifest
 from distill.axolotl.kd_plugin.loss import divergence, fused_topk_tail_loss, topk_tail_logprobs, topk_tail_loss
+from distill.axolotl.kd_plugin.rules import DATASET_TYPE, PLUGIN, kd_config_problem
+from pipelines.spec import SpecError
 
 torch.set_num_threads(1)
 KINDS = [("forward", 0.5), ("reverse", 0.5), ("jsd", 0.1), ("jsd", 0.5), ("jsd", 0.9)]
@@ -228,3 +237,93 @@ def test_fused_loss_pairs_like_axolotl_and_matches_the_plain_computation(kind: s
     assert torch.allclose(grads[0], hidden.grad, atol=1e-5) and torch.allclose(grads[1], weight.grad, atol=1e-5)
     # nothing reaches a hidden state that has neither a target nor a next label
     assert grads[0][1, -1].abs().sum() == 0
+
+
+# --- `distill config kd`: the plugin by default, --loss/--beta, and the refusals (distill/axolotl/kd_plugin/rules.py)
+
+def _export(folder: Path, temperature: float = 1.0) -> Path:
+    """A KD export folder as far as `distill config` reads it (export.json; the rows are not opened)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "export.json").write_text(json.dumps({
+        "format": "kd", "file_format": "parquet", "student": "tiny/student", "files": [{"path": "train.parquet"}],
+        "kd": {"distribution": {"logprobs": "raw", "temperature": temperature, "top_k": 4}}}))
+    return folder
+
+
+def _render(tmp: Path, **kwargs: Any) -> dict[str, Any]:
+    export = kwargs.pop("export", None) or _export(tmp / "export")
+    (path,) = write_configs("kd", export, read_manifest(export), "tiny/student", tmp / "kd.yaml", **kwargs)
+    return yaml.safe_load(path.read_text())
+
+
+def _axolotl_template(tmp: Path) -> Path:
+    """The default KD template as it was: Axolotl's own plugin and dataset type."""
+    text = (TEMPLATES_DIR / METHODS["kd"]).read_text().replace(PLUGIN, "axolotl.integrations.kd.KDPlugin")
+    text = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("kd_divergence:"))
+    path = tmp / "axolotl-kd.yaml"
+    path.write_text(text.replace(DATASET_TYPE, "axolotl.integrations.kd.chat_template"))
+    return path
+
+
+def test_config_kd_selects_the_plugin_and_raw_targets(tmp_path: Path) -> None:
+    config = _render(tmp_path)
+    assert config["plugins"] == [PLUGIN] and config["kd_trainer"] is True and config["kd_divergence"] == "forward"
+    assert "kd_jsd_beta" not in config and not config["kd_normalize_topk"] and config["kd_temperature"] == 1.0
+    entry = config["datasets"][0]
+    assert entry["type"] == DATASET_TYPE and entry["temperature"] == 1.0 and entry["logprobs_field"] == "logprobs"
+    assert _render(tmp_path, loss="reverse")["kd_divergence"] == "reverse"
+    jsd = _render(tmp_path, loss="jsd")
+    assert jsd["kd_divergence"] == "jsd" and jsd["kd_jsd_beta"] == 0.5
+    assert _render(tmp_path, loss="jsd", beta=0.2)["kd_jsd_beta"] == 0.2
+    assert "kd_jsd_beta" not in _render(tmp_path, loss="forward")
+    # Axolotl's own plugin stays usable where it is a divergence: forward KL to the renormalised teacher
+    assert _render(tmp_path, template=str(_axolotl_template(tmp_path)))["plugins"] == [
+        "axolotl.integrations.kd.KDPlugin"]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"overrides": {"kd_normalize_topk": True}}, "kd_normalize_topk: true renormalises the student"),
+    ({"overrides": {"kd_beta": 1.0}}, "kd_beta: 1.0 is Axolotl's own knob"),
+    ({"overrides": {"kd_temperature": 2.0}}, "kd_temperature: 2.0"),
+    ({"loss": "forward", "beta": 0.3}, "--beta: only with --loss jsd"),
+    ({"loss": "jsd", "beta": 1.0}, r"--beta: 1.0 is not in \(0, 1\)"),
+    ({"loss": "kl"}, "--loss: 'kl' is not one of forward, reverse, jsd"),
+    ({"overrides": {"kd_divergence": "jsd"}}, "kd_jsd_beta: None with kd_divergence: jsd"),
+    ({"overrides": {"kd_jsd_beta": 0.5}}, "kd_jsd_beta: 0.5 is only read with kd_divergence: jsd"),
+    ({"temperature": 0.6}, r"datasets\[0\].temperature: 0.6"),
+    ({"axolotl": True, "overrides": {"kd_beta": 1.0}}, "kd_beta: 1.0 is Axolotl's reverse KL / JSD summed over"),
+    ({"axolotl": True, "overrides": {"kd_beta": 0.5}}, "not a divergence"),
+    ({"axolotl": True, "overrides": {"kd_normalize_topk": True}}, "kd_normalize_topk: true"),
+    ({"axolotl": True, "loss": "reverse"}, "--loss: read only by the factory's KD plugin"),
+])
+def test_config_kd_refuses_losses_that_are_not_divergences(tmp_path: Path, kwargs: dict[str, Any],
+                                                           message: str) -> None:
+    if kwargs.pop("axolotl", False):
+        kwargs["template"] = str(_axolotl_template(tmp_path))
+    if "temperature" in kwargs:
+        kwargs["export"] = _export(tmp_path / "export", kwargs.pop("temperature"))
+    with pytest.raises(SpecError, match=message):
+        _render(tmp_path, **kwargs)
+    assert not (tmp_path / "kd.yaml").exists()  # nothing written
+
+
+def test_rules_on_hand_written_configs() -> None:
+    good = yaml.safe_load((TEMPLATES_DIR / METHODS["kd"]).read_text())
+    assert kd_config_problem(good) is None and kd_config_problem({"plugins": [PLUGIN]}) is None  # not KD
+    both = {**good, "plugins": [PLUGIN, "axolotl.integrations.kd.KDPlugin"]}
+    assert kd_config_problem(both).startswith("plugins: list")
+    renormalised = {**good, "datasets": [{**good["datasets"][0], "type": "axolotl.integrations.kd.chat_template"}]}
+    assert kd_config_problem(renormalised).startswith("datasets[0].type:")
+    online = yaml.safe_load((TEMPLATES_DIR / METHODS["kd-online"]).read_text())
+    assert online["plugins"] == [PLUGIN] and kd_config_problem(online) is None
+    for problem in (kd_config_problem({**good, "kd_beta": 1.0}), kd_config_problem(both)):
+        assert problem and "\n" not in problem
+
+
+def test_config_kd_error_is_one_line_from_the_cli(tmp_path: Path) -> None:
+    from conftest import run_distill
+
+    result = run_distill("config", "kd", "--dataset", _export(tmp_path / "export"), "--student", "tiny/student",
+                         "--out", tmp_path / "kd.yaml", "--set", "kd_normalize_topk=true", check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: kd_normalize_topk: true renormalises the student over the teacher's k ids")
