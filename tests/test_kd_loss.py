@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from distill.axolotl.configs import METHODS, TEMPLATES_DIR, write_configs
+from distill.axolotl.configs import METHODS, TEMPLATES_DIR, loss_for_kd_beta, write_configs
 from distill.axolotl.export import read_manifest
 from distill.axolotl.kd_plugin.loss import divergence, fused_topk_tail_loss, topk_tail_logprobs, topk_tail_loss
 from distill.axolotl.kd_plugin.rules import DATASET_TYPE, PLUGIN, kd_config_problem
@@ -279,6 +279,13 @@ def test_config_kd_selects_the_plugin_and_raw_targets(tmp_path: Path) -> None:
     # Axolotl's own plugin stays usable where it is a divergence: forward KL to the renormalised teacher
     assert _render(tmp_path, template=str(_axolotl_template(tmp_path)))["plugins"] == [
         "axolotl.integrations.kd.KDPlugin"]
+
+
+@pytest.mark.parametrize(("kd_beta", "divergence"), [(0.0, "forward"), (1.0, "reverse"), (0.3, "jsd")])
+def test_gkd_beta_of_onpolicy_and_the_lab_maps_to_the_plugin(tmp_path: Path, kd_beta: float, divergence: str) -> None:
+    config = _render(tmp_path, **loss_for_kd_beta(kd_beta))
+    assert config["kd_divergence"] == divergence and config.get("kd_jsd_beta") == (0.3 if kd_beta == 0.3 else None)
+    assert config.get("kd_beta", 0.0) == 0.0
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -215,6 +215,14 @@ def loss_values(template_config: dict[str, Any], loss: str | None, beta: float |
     return {"kd_divergence": "jsd", "kd_jsd_beta": beta}
 
 
+def loss_for_kd_beta(kd_beta: float) -> dict[str, Any]:
+    """GKD's beta (TRL's and Axolotl's ``kd_beta`` convention) as ``write_configs`` arguments: 0 keeps the
+    template's divergence (forward KL), 1 is reverse KL, in between the generalized JSD with that beta."""
+    if kd_beta == 0:
+        return {}
+    return {"loss": "reverse"} if kd_beta == 1 else {"loss": "jsd", "beta": kd_beta}
+
+
 def check_kd(text: str) -> None:
     """Refuse a KD config whose loss is not a divergence or whose targets would not be raw (rules.py)."""
     problem = kd_config_problem(yaml.safe_load(text) or {})
