@@ -334,3 +334,22 @@ def test_config_kd_error_is_one_line_from_the_cli(tmp_path: Path) -> None:
                          "--out", tmp_path / "kd.yaml", "--set", "kd_normalize_topk=true", check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: kd_normalize_topk: true renormalises the student over the teacher's k ids")
+
+
+def test_fused_loss_without_a_trained_position_is_zero_and_backpropagates() -> None:
+    hidden = torch.randn(1, 3, 4, requires_grad=True)
+    weight = torch.randn(10, 4, requires_grad=True)
+    total, kd, ce = fused_topk_tail_loss(weight, hidden, torch.zeros(1, 3, 2, dtype=torch.long),
+                                         torch.full((1, 3, 2), -1e9), torch.zeros(1, 3, 2, dtype=torch.int),
+                                         torch.full((1, 3), -100), kd_weight=0.9, ce_weight=0.1)
+    total.backward()
+    assert total.item() == kd.item() == ce.item() == 0.0 and (hidden.grad == 0).all()
+
+
+def test_ids_outside_the_vocabulary_are_not_counted() -> None:
+    logits = torch.randn(1, 8)
+    ids, logprobs = teacher_topk(logits, 3)
+    bad = torch.cat([ids, torch.tensor([[99]])], -1)
+    with_bad = topk_tail_loss(logits + 1, bad, torch.cat([logprobs, torch.tensor([[-2.0]])], -1),
+                              torch.ones_like(bad))
+    assert torch.allclose(with_bad, topk_tail_loss(logits + 1, ids, logprobs, torch.ones_like(ids)))

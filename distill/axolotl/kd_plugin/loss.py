@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from distill.axolotl.kd_plugin.rules import DIVERGENCES
+
 Divergence = Literal["forward", "reverse", "jsd"]
-DIVERGENCES: tuple[str, ...] = ("forward", "reverse", "jsd")
 # The teacher's tail is floored at this probability (when the k ids do not cover the vocabulary): raw top-k
 # log-probabilities rounded in float32 can sum to >= 1, and reverse KL is infinite against a zero tail.
 TAIL_FLOOR = 1e-6
@@ -40,15 +41,16 @@ def topk_tail_logprobs(student_logits: torch.Tensor, token_ids: torch.Tensor, te
 
     ``student_logits`` [N, V]; ``token_ids``, ``teacher_logprobs`` (raw, T = 1) and ``mask`` [N, K]. An entry counts
     when its mask is set and its log-probability is finite (Axolotl pads with -inf or -1e9 under mask 0; its online
-    collator pads with -inf under mask 1); ids must be distinct within a position. Returns ``(log_p, log_q,
+    collator pads with -inf under mask 1), and its id is inside the student's vocabulary; ids must be distinct
+    within a position. Returns ``(log_p, log_q,
     present)``, each [N, K + 1] (the tail last): ``present`` says which outcomes exist (a dropped entry's mass is
     in the tail; the tail is absent when the k ids cover the vocabulary). Absent outcomes hold 0 in both logs.
     """
     logits = student_logits.float()
     n, vocab = logits.shape
     teacher = teacher_logprobs.float()
-    valid = mask.bool() & torch.isfinite(teacher) & (teacher > -1e8)
-    ids = token_ids.long().clamp(0, vocab - 1)
+    valid = mask.bool() & torch.isfinite(teacher) & (teacher > -1e8) & (token_ids >= 0) & (token_ids < vocab)
+    ids = torch.where(valid, token_ids.long(), torch.zeros_like(token_ids, dtype=torch.long))
     in_block = torch.zeros(n, vocab, dtype=torch.bool, device=logits.device)
     rows = torch.arange(n, device=logits.device)[:, None].expand_as(ids)
     in_block[rows[valid], ids[valid]] = True  # only counted entries: a padded id 0 may repeat a real one
@@ -113,7 +115,7 @@ def fused_topk_tail_loss(lm_head_weight: torch.Tensor, hidden_states: torch.Tens
                          teacher_logprobs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
                          kd_weight: float = 1.0, ce_weight: float = 0.0, kind: Divergence = "forward",
                          beta: float = 0.5, lm_head_bias: torch.Tensor | None = None,
-                         chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         chunk_size: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Axolotl's KD pairing from hidden states: ``kd_weight`` * sum over positions of the divergence at hidden
     state p against target p (the targets are right-aligned so that target p is over token p + 1) +
     ``ce_weight`` * the summed cross-entropy of hidden state p against label p + 1. Sums, not means: the trainer
@@ -126,8 +128,7 @@ def fused_topk_tail_loss(lm_head_weight: torch.Tensor, hidden_states: torch.Tens
     shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:].reshape(-1)
     rows = (keep_mask.bool().any(-1) & (kd_weight != 0)) | ((shifted != IGNORE_INDEX) & (ce_weight != 0))
     index = rows.nonzero().squeeze(-1)
-    kd_sum = hidden.new_zeros((), dtype=torch.float32)
-    ce_sum = hidden.new_zeros((), dtype=torch.float32)
+    kd_sum = ce_sum = hidden[:0].sum().float()  # 0, in the graph: a batch without a trained position backpropagates
     for start in range(0, index.numel(), chunk_size):
         part = index[start:start + chunk_size]
         args = (hidden[part], lm_head_weight, lm_head_bias, ids[part], teacher[part], keep_mask[part], shifted[part])
