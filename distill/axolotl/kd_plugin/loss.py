@@ -42,9 +42,9 @@ def topk_tail_logprobs(student_logits: torch.Tensor, token_ids: torch.Tensor, te
     ``student_logits`` [N, V]; ``token_ids``, ``teacher_logprobs`` (raw, T = 1) and ``mask`` [N, K]. An entry counts
     when its mask is set and its log-probability is finite (Axolotl pads with -inf or -1e9 under mask 0; its online
     collator pads with -inf under mask 1), and its id is inside the student's vocabulary; ids must be distinct
-    within a position. Returns ``(log_p, log_q,
-    present)``, each [N, K + 1] (the tail last): ``present`` says which outcomes exist (a dropped entry's mass is
-    in the tail; the tail is absent when the k ids cover the vocabulary). Absent outcomes hold 0 in both logs.
+    within a position. Returns ``(log_p, log_q, present)``, each [N, K + 1] (the tail last): ``present`` says
+    which outcomes exist (a dropped entry's mass is in the tail; the tail is absent when the k ids cover the
+    vocabulary). Absent outcomes hold 0 in both logs.
     """
     logits = student_logits.float()
     n, vocab = logits.shape
