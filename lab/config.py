@@ -43,7 +43,7 @@ class Variant(Strict):
     # unfiltered: every well-formed trace, wrong ones too; prm: the verified traces the lab's trained PRM passes
     data: Literal["filtered", "unfiltered", "prm"] = "filtered"
     curriculum: bool = False  # two stages (short traces of easy problems first), the same total steps
-    kd_beta: float = Field(0.0, ge=0.0, le=1.0)  # 0 forward KL(teacher || student), 1 reverse, between: JSD
+    kd_beta: float = Field(0.0, ge=0.0, le=1.0)  # 0 forward KL(teacher || student), 1 reverse, between: JSD(beta)
     qat: bool = False  # quantization-aware training (`distill config --qat`): QAD with method kd
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from distill.axolotl.configs import loss_for_kd_beta
 from lab.config import LabConfig
 from lab.tasks import get_task, problems
 from pipelines.spec import SpecError
@@ -195,11 +196,12 @@ class Loop:
                 overrides = {"max_steps": max(1, s.max_steps // stages), "micro_batch_size": s.micro_batch_size,
                              "learning_rate": s.learning_rate, "lr_scheduler": "cosine", "warmup_steps": 10,
                              "seed": seed, "logging_steps": 50, "num_epochs": 1000}
+                loss: list[str] = []
                 if v.method == "kd":
-                    overrides |= {"kd_beta": v.kd_beta, "kd_alpha": s.kd_alpha,
-                                  "kd_ce_alpha": round(1 - s.kd_alpha, 6)}
+                    overrides |= {"kd_alpha": s.kd_alpha, "kd_ce_alpha": round(1 - s.kd_alpha, 6)}
+                    loss = [a for k, val in loss_for_kd_beta(v.kd_beta).items() for a in (f"--{k}", str(val))]
                 config = self.out / "configs" / f"{name}.yaml"
-                sets = [a for k, val in overrides.items() for a in ("--set", f"{k}={val}")]
+                sets = [a for k, val in overrides.items() for a in ("--set", f"{k}={val}")] + loss
                 output = self.distill("config", v.method, "--dataset", exports[(v.method, v.data, v.curriculum)],
                                       "--student", inits[seed], "--out", config, "--output-dir",
                                       self.out / "students" / name, "--prepared-dir", self.out / "prepared" / name,

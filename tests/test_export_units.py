@@ -25,6 +25,9 @@ from distill.axolotl.kd_align import (
     targets_from_generation,
     targets_from_scores,
 )
+from distill.axolotl.kd_plugin.rules import DATASET_TYPE as KD_DATASET_TYPE
+from distill.axolotl.kd_plugin.rules import PLUGIN as KD_PLUGIN
+from distill.axolotl.kd_plugin.rules import kd_config_problem
 from pipelines.spec import SpecError
 
 
@@ -168,12 +171,14 @@ def test_shipped_templates_are_complete(template: str) -> None:
         assert config["model_type"] == "AutoModelForTokenClassification" and config["num_labels"] == 2
     else:
         assert entry["roles_to_train"] == ["assistant"] and entry["field_messages"] == "messages"
-    if template.startswith("kd"):
-        assert config["plugins"] == ["axolotl.integrations.kd.KDPlugin"] and config["kd_trainer"] is True
+    if template.startswith("kd"):  # the factory's top-k + tail plugin, with settings its rules accept
+        assert config["plugins"] == [KD_PLUGIN] and config["kd_trainer"] is True
+        assert config["kd_divergence"] == "forward" and kd_config_problem(config) is None
     if template.startswith("kd-online"):
         assert config["kd_online_server_base_url"].startswith("http") and entry["type"] == "chat_template"
     elif template.startswith("kd"):
-        assert entry["type"] == "axolotl.integrations.kd.chat_template" and entry["logprobs_field"] == "logprobs"
+        assert entry["type"] == KD_DATASET_TYPE and entry["logprobs_field"] == "logprobs"
+        assert entry["temperature"] == 1.0  # vLLM's log-probabilities are raw, whatever the sampling temperature
     if "deepspeed" in template:
         assert (TEMPLATES_DIR.parent / config["deepspeed"]).is_file()
     if "fsdp" in template:

@@ -83,7 +83,7 @@ def test_a_round_end_to_end_resumes_after_sigterm(vllm_teacher: Served, tmp_path
     print(f"on-policy KD loss, teacher as its own student: {losses}")
     assert len(losses) == 2 and abs(losses[0]) < 1e-3
     rendered = yaml.safe_load((round_dir / "kd.yaml").read_text())
-    assert rendered["base_model"] == str(vllm_teacher.model_dir) and rendered["kd_beta"] == 0.0
+    assert rendered["base_model"] == str(vllm_teacher.model_dir) and rendered["kd_divergence"] == "forward"
     assert 0.0 <= history[1]["pass@1"] <= 1.0 and (tmp_path / "out" / "rounds.png").exists()
 
 

@@ -77,6 +77,10 @@ def config(
     smoke: bool = typer.Option(False, help="A few float32 steps on CPU (plumbing check, tests)."),
     qat: bool = typer.Option(False, help="Quantization-aware training: int8 activations + int4 weights (torchao "
                                          "fake quantization); export with `distill export-model --quantize int4`."),
+    loss: Optional[str] = typer.Option(None, help="kd: forward | reverse | jsd, over the teacher's top k plus a tail "
+                                                  "bucket (the factory's KD plugin; default: the template's)."),
+    beta: Optional[float] = typer.Option(None, help="kd --loss jsd: the teacher's weight in the mixture, in (0, 1) "
+                                                    "(default 0.5)."),
 ) -> None:
     """Render a complete Axolotl config for an export (or, for prm, for PRM labels) from axolotl_configs/."""
     from distill.axolotl.configs import parse_overrides, write_configs, write_prm_config
@@ -98,7 +102,8 @@ def config(
             raise SpecError(f"--dataset: missing; give the folder `distill export` wrote for {method}")
         manifest = read_manifest(dataset)
         paths = write_configs(method, dataset, manifest, student, out, template=template, output_dir=output_dir,
-                              prepared_dir=prepared_dir, overrides=parse_overrides(set_ or []), smoke=smoke, qat=qat)
+                              prepared_dir=prepared_dir, overrides=parse_overrides(set_ or []), smoke=smoke, qat=qat,
+                              loss=loss, beta=beta)
     except SpecError as exc:
         fail(str(exc))
     for path in paths:

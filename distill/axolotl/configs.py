@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from distill.axolotl.kd_plugin.rules import DIVERGENCES, PLUGIN, kd_config_problem
 from pipelines.spec import SpecError
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "axolotl_configs"
@@ -192,27 +193,73 @@ def stage_values(method: str, manifest: dict[str, Any], export_dir: Path, studen
     return stages
 
 
+def loss_values(template_config: dict[str, Any], loss: str | None, beta: float | None) -> dict[str, Any]:
+    """``--loss forward|reverse|jsd`` and ``--beta`` (JSD's teacher weight) as config keys of the factory's KD
+    plugin (distill/axolotl/kd_plugin): the divergence over the teacher's top k plus a tail bucket."""
+    if loss is None and beta is None:
+        return {}
+    if PLUGIN not in (template_config.get("plugins") or []):
+        raise SpecError(f"--loss: read only by the factory's KD plugin ({PLUGIN}); this template lists "
+                        f"{template_config.get('plugins')}: use a default KD template")
+    divergence = loss or template_config.get("kd_divergence") or "forward"
+    if divergence not in DIVERGENCES:
+        raise SpecError(f"--loss: {divergence!r} is not one of {', '.join(DIVERGENCES)}")
+    if divergence != "jsd":
+        if beta is not None:
+            raise SpecError(f"--beta: only with --loss jsd (the teacher's weight in the mixture); got --loss "
+                            f"{divergence}")
+        return {"kd_divergence": divergence, "kd_jsd_beta": DELETE}
+    beta = 0.5 if beta is None else beta
+    if not 0 < beta < 1:
+        raise SpecError(f"--beta: {beta} is not in (0, 1); 0 and 1 are --loss forward and --loss reverse")
+    return {"kd_divergence": "jsd", "kd_jsd_beta": beta}
+
+
+def loss_for_kd_beta(kd_beta: float) -> dict[str, Any]:
+    """GKD's beta (TRL's and Axolotl's ``kd_beta`` convention) as ``write_configs`` arguments: 0 keeps the
+    template's divergence (forward KL), 1 is reverse KL, in between the generalized JSD with that beta."""
+    if kd_beta == 0:
+        return {}
+    return {"loss": "reverse"} if kd_beta == 1 else {"loss": "jsd", "beta": kd_beta}
+
+
+def check_kd(text: str) -> None:
+    """Refuse a KD config whose loss is not a divergence or whose targets would not be raw (rules.py)."""
+    problem = kd_config_problem(yaml.safe_load(text) or {})
+    if problem:
+        raise SpecError(problem)
+
+
 def write_configs(method: str, export_dir: Path, manifest: dict[str, Any], student: str, out: Path,
                   template: str | None = None, output_dir: Path | None = None, prepared_dir: Path | None = None,
-                  overrides: dict[str, Any] | None = None, smoke: bool = False, qat: bool = False) -> list[Path]:
+                  overrides: dict[str, Any] | None = None, smoke: bool = False, qat: bool = False,
+                  loss: str | None = None, beta: float | None = None) -> list[Path]:
     """Render one config (or one per curriculum stage: ``<out>-stage1.yaml`` …); returns the paths written.
-    ``qat`` adds the QAT section (a template's own ``qat:`` block is kept: it already says how)."""
+    ``qat`` adds the QAT section (a template's own ``qat:`` block is kept: it already says how); ``loss`` and
+    ``beta`` pick the KD divergence. Every KD config is checked before anything is written."""
     text = template_path(method, template).read_text(encoding="utf-8")
+    template_config = yaml.safe_load(text) or {}
+    if method not in ("kd", "kd-online") and (loss is not None or beta is not None):
+        raise SpecError(f"--loss: only for kd and kd-online, not {method}")
+    kd_values = loss_values(template_config, loss, beta)
     output_dir = output_dir or Path("out/train") / out.stem
     prepared_dir = prepared_dir or Path("out/prepared") / out.stem
-    written = []
+    rendered = []
     for stage, top_level, dataset in stage_values(method, manifest, export_dir, student, output_dir, prepared_dir):
-        values = {**top_level, **(SMOKE if smoke else {}),
-                  **(QAT if qat and "qat" not in yaml.safe_load(text) else {}), **(overrides or {})}
+        values = {**top_level, **kd_values, **(SMOKE if smoke else {}),
+                  **(QAT if qat and "qat" not in template_config else {}), **(overrides or {})}
         path = out if stage == "train" else out.with_name(f"{out.stem}-{stage}{out.suffix or '.yaml'}")
         header = (f"# Rendered by `distill config {method}` from {template_path(method, template).name} for "
                   f"{export_dir}" + (f" ({stage})" if stage != "train" else "") + (" [smoke profile]" if smoke else "")
                   + (" [QAT]" if qat else "")
                   + "\n")
+        body = render(text, values, dataset)
+        check_kd(body)
+        rendered.append((path, header + body))
+    for path, content in rendered:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(header + render(text, values, dataset), encoding="utf-8")
-        written.append(path)
-    return written
+        path.write_text(content, encoding="utf-8")
+    return [path for path, _ in rendered]
 
 
 def write_prm_config(labels: Path, student: str, out: Path, mode: str = "hard", template: str | None = None,

@@ -4,7 +4,8 @@
 ``type: chat_template`` on the assistant turn only. ``kd``: the same plus ``logprobs`` and ``target_token_ids``,
 the teacher's top-k distributions at every position of the student's exact tokens (see ``kd_align``): from a
 teacher scoring pass when a scorer is given, else from the run's own logprobs where they provably belong to
-those tokens. Read by ``type: axolotl.integrations.kd.chat_template``. Rows that cannot be used are dropped and
+those tokens. Read by ``type: distill.axolotl.kd_plugin.chat_template`` (raw, for the factory's KD plugin) or
+Axolotl's ``axolotl.integrations.kd.chat_template`` (renormalised). Rows that cannot be used are dropped and
 counted by reason in ``export.json``, which ``distill config`` reads; it also records the distribution
 (raw log-probabilities at temperature 1, k, the tokenizer's hash) that the config declares.
 """

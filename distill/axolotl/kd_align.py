@@ -1,6 +1,7 @@
 """Align the teacher's top-k logprobs to the student's tokens of the assistant turn, as Axolotl's KD reads them.
 
-Where the targets go (Axolotl 0.19, dataset ``type: axolotl.integrations.kd.chat_template``): the per-position
+Where the targets go (Axolotl 0.19, dataset ``type: axolotl.integrations.kd.chat_template``, and the factory's
+``distill.axolotl.kd_plugin.chat_template``, which aligns the same way): the per-position
 lists are right-aligned to the end of the tokenised conversation (entry -1 sits on the last token), and the KD
 loss pairs the student's hidden state at position p with target p while the hard labels are shifted by one.
 So target p must be the teacher's distribution over token p+1: the list starts one position before the first

@@ -1,8 +1,9 @@
 """Run ``axolotl train|preprocess CONFIG`` from ``.venv-train`` with the environment it needs here.
 
 Axolotl has its own venv (its pins differ from the factory's). Its telemetry retries for minutes without a
-network, so it is always off, and ``axolotl train`` launches ``accelerate`` from PATH, so the venv's bin comes
-first. ``make train`` / ``make preprocess`` and the lab call this one function.
+network, so it is always off, ``axolotl train`` launches ``accelerate`` from PATH, so the venv's bin comes
+first, and the repository root is on PYTHONPATH for the factory's KD plugin. ``make train`` / ``make preprocess``
+and the lab call this one function.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ TELEMETRY_OFF = {"AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1", "HF_HUB_DISAB
 def axolotl_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env = {**(base if base is not None else os.environ), **TELEMETRY_OFF, "TOKENIZERS_PARALLELISM": "false"}
     env["PATH"] = f"{VENV_TRAIN / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    # configs load the factory's KD plugin (distill.axolotl.kd_plugin) by name: the repository must be importable
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env.pop("VIRTUAL_ENV", None)
     return env
 

@@ -8,7 +8,8 @@ Round r (files in ``<out>/round-r/``, each step skipped when its output is compl
    generation) into a KD dataset with the alignment code of ``distill export --format kd``.
 3. ``data/``: with ``lmbda`` < 1, rows of an off-policy KD export are mixed in (GKD's lambda is the on-policy
    share); else the round's own rows.
-4. ``model/``: ``axolotl train`` KD from the current checkpoint (``kd_beta`` 0 forward KL, 1 reverse).
+4. ``model/``: ``axolotl train`` KD from the current checkpoint (``kd_beta`` 0 forward KL, 1 reverse, in between
+   JSD, each over the teacher's top k plus a tail bucket: the factory's KD plugin).
 5. ``eval/``: ``distill eval`` of the new checkpoint (round 0 evaluates the starting one).
 ``<out>/rounds.json`` and ``rounds.png`` hold pass@1 per round and the teacher/student tokens spent.
 """
@@ -158,20 +159,20 @@ class Rounds:
         return data
 
     def train(self, r: int, checkpoint: str, data: Path, folder: Path) -> str:
-        from distill.axolotl.configs import write_configs
+        from distill.axolotl.configs import loss_for_kd_beta, write_configs
         from distill.axolotl.export import read_manifest
         from distill.axolotl.train import losses, run_axolotl
 
         t = self.cfg.training
         overrides: dict[str, Any] = {"max_steps": t.max_steps, "learning_rate": t.learning_rate,
-                                     "kd_beta": t.kd_beta, "kd_alpha": t.kd_alpha,
+                                     "kd_alpha": t.kd_alpha,
                                      "kd_ce_alpha": round(1 - t.kd_alpha, 6), "num_epochs": 1000,
                                      "seed": self.cfg.seed + r, **t.overrides}
         if t.micro_batch_size:
             overrides["micro_batch_size"] = t.micro_batch_size
         (config,) = write_configs("kd", data, read_manifest(data), checkpoint, folder / "kd.yaml",
                                   template=t.template, output_dir=folder / "model", prepared_dir=folder / "prepared",
-                                  overrides=overrides, smoke=t.cpu)
+                                  overrides=overrides, smoke=t.cpu, **loss_for_kd_beta(t.kd_beta))
         model = folder / "model"
         digest = hashlib.sha256(config.read_bytes() + (data / "train.parquet").read_bytes()).hexdigest()
         marker = model / DONE
