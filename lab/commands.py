@@ -139,11 +139,11 @@ def demo(
     from pipelines.run.runner import run_spec
 
     out = out or Path("out/demo-hub")
-    dataset, text = load_spec("demo")
+    dataset, _ = load_spec("demo")
     typer.echo(f"demo --hub: teacher {dataset.teacher.model} in-process on CPU (downloads it once; without a "
                "network run `make demo`, the offline lab loop)")
     try:
-        stats = run_spec(dataset, text, out, limit=limit, fresh=fresh)
+        stats = run_spec(dataset, out, limit=limit, fresh=fresh)
     except KeyboardInterrupt as exc:
         interrupted(exc)
     except SpecError as exc:

@@ -1,5 +1,6 @@
 """The whole distillation loop on this machine, offline, as a user of the factory: each stage is the `distill`
-command (or Axolotl run) a user would type, printed before it runs.
+command (or Axolotl run) a user would type, printed before it runs (`distill run` is that same run as a sub-job of
+the loop, pipelines/run/subjob.py, its log in ``logs/``).
 
 1. train (or reuse) a tiny teacher;  2. serve it with vLLM (`distill serve`);  3. `distill run`: n samples per
 problem at a temperature where some traces are wrong (with a ``prm:`` section, then the PRM stage of
@@ -31,7 +32,8 @@ import yaml
 from distill.axolotl.configs import loss_for_kd_beta
 from lab.config import LabConfig
 from lab.tasks import get_task, problems
-from pipelines.spec import SpecError
+from pipelines.run.subjob import run_subjob
+from pipelines.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTILL = [sys.executable, "-m", "distill.cli"]
@@ -153,7 +155,15 @@ class Loop:
                       f"(top-{g.top_logprobs} log-probabilities), "
                       + ("verified against gold" if data == "filtered" else "unverified (every well-formed trace)"))
         out = self.out / "traces" / data
-        self.distill("run", spec, "--out", out)
+        self.echo("  $ distill run " + shlex.join([str(spec), "--out", str(out)]))
+        # the same run as that command, as a sub-job (pipelines/run/subjob.py): its log in logs/run-<data>.log
+        try:
+            stats = run_subjob(load_spec(str(spec))[0], out, self.out / "logs" / f"run-{data}.yaml",
+                               self.out / "logs" / f"run-{data}.log")
+        except SpecError as exc:
+            raise SpecError(f"distill run failed: {exc}") from None
+        self.echo(f"    wrote {out}: {stats['samples']} samples of {stats['problems']} problems, kept {stats['kept']} "
+                  f"({stats['pass_rate']:.1%}); reasons {json.dumps(stats['reasons'])}")
         return out
 
     def student_init(self, teacher: Path, seed: int) -> Path:

@@ -337,6 +337,13 @@ def load_spec(name_or_path: str) -> tuple[DatasetSpec, str]:
     return spec, text
 
 
+def dump_spec(spec: DatasetSpec) -> str:
+    """The effective spec as YAML: every field as validated, CLI overrides and defaults included, so that
+    ``__meta__/spec.yaml`` says what the run used and loads back to the same spec. A spec holds no secret to
+    leak: keys are only named (``api_key_env``), never given."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=100)
+
+
 def parse_sets(pairs: list[str]) -> dict[str, object]:
     """``--set a.b=VALUE`` pairs (values in YAML) as ``{"a.b": value}``."""
     overrides: dict[str, object] = {}

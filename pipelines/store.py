@@ -168,8 +168,12 @@ def _tables(parts: list[Path], schema: pa.Schema) -> Iterator[pa.Table]:
         yield table.select(schema.names).cast(schema)
 
 
-def finalize(cache_dir: Path, out_dir: Path, rows_per_file: int, run_info: dict[str, Any]) -> dict[str, Any]:
-    """Merge the parts into ``out_dir/data-XXXXX.parquet`` and write ``stats.json``; returns the stats."""
+def finalize(cache_dir: Path, out_dir: Path, rows_per_file: int, run_info: dict[str, Any],
+             filters: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge the parts into ``out_dir/data-XXXXX.parquet`` and write ``stats.json``; returns the stats.
+
+    ``filters`` is the run plan's filter report (what dedupe and decontamination dropped); without it, the one
+    an earlier run left in the cache."""
     parts = part_files(cache_dir)
     schema = pa.unify_schemas([pq.read_schema(p) for p in parts]) if parts else BASE_SCHEMA
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,9 +216,11 @@ def finalize(cache_dir: Path, out_dir: Path, rows_per_file: int, run_info: dict[
     for i, tmp in enumerate(written):
         os.replace(tmp, out_dir / f"data-{i:05d}-of-{len(written):05d}.parquet")
     stats = collector.result(run_info)
-    from pipelines.filters.apply import read_report
+    if filters is None:
+        from pipelines.filters.apply import read_report
 
-    stats.update(read_report(cache_dir))  # "dedupe" and "decontamination": problems dropped before generation
+        filters = read_report(cache_dir)
+    stats.update(filters)  # "dedupe" and "decontamination": problems dropped before generation
     meta_dir(out_dir).mkdir(exist_ok=True)
     write_text_atomic(meta_dir(out_dir) / "stats.json", json.dumps(stats, indent=2) + "\n")
     return stats

@@ -17,6 +17,7 @@ import yaml
 from conftest import run_distill, write_jsonl, write_spec
 
 from pipelines.errors import RunIncomplete, error_line
+from pipelines.run.plan import make_plan
 from pipelines.run.runner import _check_complete
 from pipelines.spec import DatasetSpec
 from pipelines.store import write_part
@@ -199,11 +200,12 @@ def test_a_run_that_ends_short_says_so(tmp_path: Path):
     cache = tmp_path / "cache"
     write_part(cache, [{"problem_id": str(i), "problem_index": i, "sample_index": 0, "problem": "p", "gold": "0",
                         "kept": True, "rejection_reason": None} for i in range(4)])
+    plan = make_plan(spec, None, None)
     with pytest.raises(RunIncomplete) as raised:
-        _check_complete(spec, 6, cache)
+        _check_complete(plan, cache)
     assert str(raised.value) == (f"2 of 6 problems were not written (a pipeline step failed; see "
                                  f"{cache / 'run.log'}); rerun the same command to retry them")
-    _check_complete(spec, 4, cache)  # complete: nothing raised
+    _check_complete(make_plan(spec, 4, None), cache)  # complete: nothing raised
 
 
 def test_unexpected_errors_are_one_line_without_secrets():

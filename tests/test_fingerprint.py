@@ -99,7 +99,9 @@ def test_a_changed_teacher_is_refused_then_fresh_starts_over(tmp_path: Path):
     assert "12 samples of 4 problems" in fresh.stdout
     meta = yaml.safe_load((out / "__meta__" / "spec.yaml").read_text())
     stats = json.loads((out / "__meta__" / "stats.json").read_text())
-    assert stats["teacher_model"] == "teacher-b" and stats["runs"] == 1 and meta["teacher"]["model"] == "teacher-a"
+    # the record is the effective spec: what the run used, the flags included
+    assert stats["teacher_model"] == "teacher-b" and stats["runs"] == 1 and meta["teacher"]["model"] == "teacher-b"
+    assert meta["teacher"]["num_samples"] == 3
 
 
 def test_changing_verification_or_the_prm_curates_again_without_the_teacher(tmp_path: Path, tiny_model_dir: Path):

@@ -96,7 +96,17 @@ def test_run_against_loopback_teacher(problems_spec: Path, tmp_path: Path) -> No
     assert stats["pass_rate"] == 0.375
     assert stats["tokens"]["completion_total"] == int(frame.completion_tokens.sum())
     assert stats["wall_time_s"] > 0
-    assert (out / "__meta__" / "spec.yaml").read_text() == problems_spec.read_text()
+    # __meta__/spec.yaml is the effective spec: the file's settings with the flags applied, loadable as a spec
+    import yaml
+
+    from pipelines.spec import DatasetSpec, load_spec
+
+    used = DatasetSpec.model_validate(yaml.safe_load((out / "__meta__" / "spec.yaml").read_text()))
+    given, _ = load_spec(str(problems_spec))
+    assert used.teacher.model == "served-teacher" and used.teacher.base_url == teacher.base_url
+    assert used.model_copy(update={"teacher": given.teacher}) == given
+    assert used.teacher.model_copy(update={"model": given.teacher.model, "base_url": given.teacher.base_url}) \
+        == given.teacher
 
 
 def test_resume_does_not_redo_finished_problems(problems_spec: Path, tmp_path: Path) -> None:
@@ -157,32 +167,39 @@ def test_spec_errors_name_the_field(tmp_path: Path) -> None:
     assert "teacher.num_sample: unknown key" in result.stderr
 
 
-def test_work_left_decides_whether_the_teacher_is_needed(tmp_path: Path) -> None:
-    from pipelines.run.runner import work_left
+def test_the_plan_decides_whether_the_teacher_is_needed(tmp_path: Path) -> None:
+    from pipelines.run.plan import make_plan
     from pipelines.spec import load_spec
     from pipelines.store import write_part
 
     source = write_jsonl(tmp_path / "problems.jsonl", PROBLEMS)
     spec, _ = load_spec(str(write_spec(tmp_path / "w.yaml", source)))
     cache = tmp_path / "cache"
-    assert work_left(spec, None, cache)  # nothing written yet
+    plan = make_plan(spec, None, cache)
+    assert plan.work_left and plan.total == 4 and plan.done_count == 0  # nothing written yet
+    assert plan.pending().column("problem_id").to_pylist() == ["0", "1", "2", "3"]
+    assert plan.pending().column("problem_index").to_pylist() == [0, 1, 2, 3]
 
     def record(pid: int, reason: str | None) -> dict:
         return {"problem_id": str(pid), "problem_index": pid, "sample_index": 0, "problem": "p", "gold": "1",
                 "kept": reason is None, "rejection_reason": reason}
 
     write_part(cache, [record(0, None), record(1, "incorrect"), record(2, None)])
-    assert work_left(spec, None, cache)  # problem 3 is missing
-    assert not work_left(spec, 3, cache)  # but not among the first three
-    assert not work_left(spec, None, cache, kept_ids=["0", "1", "2"])  # or when the filters dropped it
+    plan = plan.with_cache(cache)
+    assert plan.work_left and plan.pending().column("problem_id").to_pylist() == ["3"]  # problem 3 is missing
+    assert plan.missing(cache) == 1
+    assert not make_plan(spec, 3, cache).work_left  # but not among the first three
     write_part(cache, [record(3, "teacher_error")])
-    assert work_left(spec, None, cache)  # the teacher failed on problem 3: ask again
+    plan = plan.with_cache(cache)
+    assert plan.work_left and plan.failed == {"3"}  # the teacher failed on problem 3: ask again
+    assert plan.missing(cache) == 0  # written, though: nothing is missing
     write_part(cache, [record(3, None)])
-    assert not work_left(spec, None, cache)  # a later version answered it
+    assert not plan.with_cache(cache).work_left  # a later version answered it
 
     # A duplicate problem (id 4) is never generated: dedupe drops it, so nothing is left to do.
     with_duplicate = write_jsonl(tmp_path / "dup.jsonl", [*PROBLEMS, PROBLEMS[0]])
     spec, _ = load_spec(str(write_spec(tmp_path / "d.yaml", with_duplicate)))
-    assert not work_left(spec, None, cache)
+    plan = make_plan(spec, None, cache)
+    assert not plan.work_left and plan.report["dedupe"]["exact"] == 1
     spec.dedupe.enabled = False
-    assert work_left(spec, None, cache)
+    assert make_plan(spec, None, cache).pending().column("problem_id").to_pylist() == ["4"]

@@ -74,12 +74,18 @@ def test_batch_dispatch_still_writes_every_problem_once(tmp_path, count):
 
 @pytest.mark.parametrize("count,batch", [(8, 4), (9, 4), (1, 4), (3, 1)])
 def test_loader_never_ends_on_an_empty_batch_and_marks_the_last_problem(tmp_path, count, batch):
-    from pipelines.spec import SourceConfig
+    from pipelines.run.plan import make_plan
+    from pipelines.spec import DatasetSpec
     from pipelines.steps.load import END_OF_STREAM, LoadProblems
+    from pipelines.store import write_part
 
     source = problems_file(tmp_path / "problems.jsonl", count)
-    load = LoadProblems(source=SourceConfig(path=str(source), problem_field="question"), batch_size=batch,
-                        skip_ids=["0"])
+    spec = DatasetSpec.model_validate({"name": "load", "source": {"path": str(source), "problem_field": "question"},
+                                       "dedupe": {"enabled": False}})
+    cache = tmp_path / "cache"
+    write_part(cache, [{"problem_id": "0", "problem_index": 0, "sample_index": 0, "problem": "p", "gold": None,
+                        "kept": True, "rejection_reason": None}])  # problem 0 is done: the plan skips it
+    load = LoadProblems(problems=make_plan(spec, None, cache).pending(), batch_size=batch)
     load.load()
     batches = list(load.process())
     rows = [row for rows, _ in batches for row in rows]

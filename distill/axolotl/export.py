@@ -70,6 +70,7 @@ def read_kept(dataset_dir: Path) -> Iterator[dict[str, Any]]:
 
 
 def _spec_teacher(dataset_dir: Path) -> dict[str, Any]:
+    """The teacher section of the run's effective spec (``__meta__/spec.yaml``); empty for a foreign dataset."""
     path = dataset_dir / "__meta__" / "spec.yaml"
     spec = yaml.safe_load(path.read_text()) if path.exists() else None
     return (spec or {}).get("teacher") or {}
@@ -206,7 +207,10 @@ def export_dataset(dataset_dir: Path, out_dir: Path, options: ExportOptions,
         files.append({"stage": name, "path": f"{name}{suffix}", "rows": len(stage_rows)})
     manifest = {
         "format": options.format, "file_format": options.file_format, "source": str(dataset_dir.resolve()),
-        "student": options.student, "teacher_model": rows[0].get("teacher_model") if rows else None,
+        "student": options.student,
+        "teacher_model": (rows[0].get("teacher_model") if rows else None) or teacher.get("model"),
+        # from the run's effective spec (__meta__/spec.yaml): what it used, the command line's overrides included
+        "teacher_num_samples": teacher.get("num_samples"),
         "teacher_sampling_temperature": teacher.get("temperature"), "top_k": top_k,
         "max_seq_len": options.max_seq_len,
         "longest_seq_len": max((r.get("seq_len") or 0 for r in records), default=0) or None,

@@ -4,25 +4,17 @@
 Each run is a normal dataset folder, ``OUT/runs/<model>/<set>/``, made by the same Distilabel pipeline as
 ``distill run``: the rolling window of requests, retries with backoff, atomic part files and resume. A killed
 eval reruns with the same command and continues; a run folder made with other generation settings is refused
-rather than mixed (``.cache/eval-run.json`` holds them). Each run is its own ``distill run`` process (spec in
-``OUT/specs/``, log in ``OUT/logs/``): distilabel closes its logging queue and worker pools when a pipeline
-ends, and a second pipeline in the same process hangs at shutdown with an in-process (transformers) model.
+rather than mixed (``.cache/eval-run.json`` holds them). Each run is a sub-job in its own process
+(pipelines/run/subjob.py says why), its spec in ``OUT/specs/``, its log in ``OUT/logs/``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from distill.eval.config import EvalConfig, ModelConfig
 from distill.eval.models import Endpoint, open_model
@@ -48,6 +40,7 @@ class Plan:
     max_new_tokens: int
     logprobs: bool
     seed: int | None = None
+    problem_ids: tuple[str, ...] = ()  # the set's problems: which the run folder has not finished
 
     @property
     def key(self) -> dict[str, Any]:
@@ -84,18 +77,18 @@ def plan_runs(cfg: EvalConfig, sets: list[EvalSet], prepared: dict[str, tuple[Pa
     plans = []
     for model in cfg.models:
         for eval_set in sets:
-            path, sha, _ = prepared[eval_set.name]
+            path, sha, problems = prepared[eval_set.name]
             logprobs = cfg.logprobs == "on" or (cfg.logprobs == "auto" and model.served)
             plans.append(Plan(model, eval_set, path, sha, cfg.out / "runs" / model.name / eval_set.name,
                               cfg.samples or eval_set.samples,
                               eval_set.temperature if cfg.temperature is None else cfg.temperature,
                               cfg.top_p or eval_set.top_p, cfg.max_new_tokens or eval_set.max_new_tokens, logprobs,
-                              cfg.seed))
+                              cfg.seed, tuple(str(p["problem_id"]) for p in problems)))
     return plans
 
 
-def dataset_spec(plan: Plan, endpoint: Endpoint) -> tuple[DatasetSpec, str]:
-    """The factory spec of one run, and its YAML (kept in the run folder's __meta__/spec.yaml)."""
+def dataset_spec(plan: Plan, endpoint: Endpoint) -> DatasetSpec:
+    """The factory spec of one run (the run records it in its folder's __meta__/spec.yaml)."""
     model = plan.model
     data = {
         "name": f"eval-{model.name}-{plan.eval_set.name}",
@@ -114,7 +107,7 @@ def dataset_spec(plan: Plan, endpoint: Endpoint) -> tuple[DatasetSpec, str]:
         "run": {"batch_size": model.batch_size or (64 if endpoint.backend == "openai" else 8)},
         "dedupe": {"enabled": False},  # every problem of a benchmark is evaluated, duplicates too
     }
-    return DatasetSpec.model_validate(data), yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    return DatasetSpec.model_validate(data)
 
 
 def check_key(plan: Plan) -> None:
@@ -138,61 +131,16 @@ def _budget_fits(plan: Plan, endpoint: Endpoint) -> None:
                         "model with a longer max_model_len")
 
 
-def _stop_group(child: subprocess.Popen[bytes], grace_s: float = 60.0) -> None:
-    """SIGINT to the run's process group, SIGKILL to what still lives after ``grace_s``."""
-    from distill.serve.server import live_group_members
-
-    for sig, wait in ((signal.SIGINT, grace_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(child.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait
-        while live_group_members(child.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not live_group_members(child.pid):
-            break
-    try:
-        child.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def run_in_subprocess(spec_text: str, plan: Plan, specs_dir: Path, logs_dir: Path) -> None:
-    """``distill run SPEC --out DIR`` for one plan, its output in a log file; a failure is the run's error line."""
-    name = f"{plan.model.name}-{plan.eval_set.name}"
-    spec_path, log_path = specs_dir / f"{name}.yaml", logs_dir / f"{name}.log"
-    specs_dir.mkdir(parents=True, exist_ok=True)
-    logs_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(spec_path, spec_text)
-    with log_path.open("ab") as log_file:
-        # Its own process group: on Ctrl-C or SIGTERM the whole run (distilabel's workers too) gets SIGINT,
-        # distilabel's graceful stop, and what is left of it SIGKILL after a grace period (resume-safe).
-        child = subprocess.Popen([sys.executable, "-m", "distill.cli", "run", str(spec_path), "--out",
-                                  str(plan.out_dir)], stdout=log_file, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            code = child.wait()
-        except BaseException:
-            _stop_group(child)
-            raise
-    if code != 0:
-        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-        error = next((line.removeprefix("error: ") for line in reversed(lines) if line.startswith("error: ")),
-                     f"exit status {code}")
-        raise SpecError(f"{plan.model.name} on {plan.eval_set.name}: {error} (log: {log_path})")
-
-
 def generate(plans: list[Plan], out: Path, api_keys: dict[str, str | None]) -> None:
     """Run every plan, model by model (at most one vLLM server the eval started is up at a time)."""
-    from pipelines.run.runner import work_left
+    from pipelines.run.plan import finished_ids
+    from pipelines.run.subjob import run_subjob
 
     for model in dict.fromkeys(p.model.name for p in plans):
         runs = [p for p in plans if p.model.name == model]
         for plan in runs:
             check_key(plan)
-        pending = [p for p in runs if work_left(dataset_spec(p, Endpoint("openai", p.model.name))[0], None,
-                                                p.out_dir / ".cache")]
+        pending = [p for p in runs if not finished_ids(p.out_dir / ".cache").issuperset(p.problem_ids)]
         with open_model(runs[0].model, out / "serve", api_keys.get(model), needed=bool(pending)) as endpoint:
             for plan in runs:
                 if plan in pending:
@@ -200,5 +148,10 @@ def generate(plans: list[Plan], out: Path, api_keys: dict[str, str | None]) -> N
                     log.info("eval: %s on %s (%d samples per problem)", model, plan.eval_set.name, plan.samples)
                 elif (plan.out_dir / "__meta__" / "stats.json").is_file():
                     continue  # finished earlier (stats.json is written last): nothing to ask, nothing to rewrite
-                _, text = dataset_spec(plan, endpoint)
-                run_in_subprocess(text, plan, out / "specs", out / "logs")
+                name = f"{plan.model.name}-{plan.eval_set.name}"
+                log_path = out / "logs" / f"{name}.log"
+                try:
+                    run_subjob(dataset_spec(plan, endpoint), plan.out_dir, out / "specs" / f"{name}.yaml", log_path,
+                               api_key=api_keys.get(model))
+                except SpecError as exc:
+                    raise SpecError(f"{plan.model.name} on {plan.eval_set.name}: {exc} (log: {log_path})") from None

@@ -25,7 +25,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
 from distill.onpolicy.config import OnPolicyConfig
 from pipelines.spec import DatasetSpec, SpecError, load_spec
@@ -114,7 +113,7 @@ class Rounds:
 
     def sample(self, r: int, checkpoint: str, folder: Path) -> dict[str, Any]:
         from distill.serve.server import ServeConfig, free_port, start_servers
-        from pipelines.run.runner import run_spec
+        from pipelines.run.subjob import run_subjob
 
         stats_path = folder / "samples" / "__meta__" / "stats.json"
         if stats_path.exists():
@@ -132,8 +131,7 @@ class Rounds:
         try:
             spec = round_spec(self.base, self.cfg, r, source, server.base_url, serve.served_name)
             self.echo(f"  round {r}: the student samples {s.prompts_per_round} prompts x {s.samples_per_prompt}")
-            text = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
-            stats = run_spec(spec, text, folder / "samples")
+            stats = run_subjob(spec, folder / "samples", folder / "samples.yaml", folder / "samples.log")
         finally:
             server.stop()
         return stats

@@ -99,12 +99,12 @@ def register(app: typer.Typer) -> None:
             api_key = os.environ.get(dataset.teacher.api_key_env)
             judge_key = os.environ.get(dataset.judge.api_key_env) if dataset.judge else None
             secrets += [api_key, judge_key]
-            if fresh or not (out / LABELS).exists():
-                from pipelines.run.preflight import check_judge, check_teacher
+            # Each round's run checks the teacher (run_spec's preflight); the consensus judge is asked after the
+            # rounds, outside them, so it is checked here, before any rollout is paid for.
+            if consensus and dataset.judge is not None and (fresh or not (out / LABELS).exists()):
+                from pipelines.run.preflight import check_judge
 
-                check_teacher(dataset.teacher, api_key)
-                if consensus and dataset.judge is not None:
-                    check_judge(dataset.judge, judge_key)
+                check_judge(dataset.judge, judge_key)
             stats = label_dataset(in_path, out, dataset, cfg, api_key=api_key, judge_api_key=judge_key,
                                   fresh=fresh, progress_every_s=progress_every)
         agreed = f", {stats['consensus']['agreed']} agreed with the judge" if "consensus" in stats else ""

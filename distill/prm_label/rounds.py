@@ -1,7 +1,8 @@
 """``distill prm-label``: ask the teacher to finish each step prefix N times, in rounds, and write the labels.
 
 Each round is a normal ``distill run`` (the same rolling window, retries, atomic parts and resume) over a source
-of step prefixes, into ``<out>/rollouts/<round>/``; the teacher continues the assistant message from the prefix
+of step prefixes, into ``<out>/rollouts/<round>/``, run as a sub-job (pipelines/run/subjob.py; its spec and log
+beside that folder, ``<round>.yaml`` and ``<round>.log``); the teacher continues the assistant message from the prefix
 (vLLM's ``continue_final_message``) and the spec's verification decides which continuations reach the gold.
 With the first-error budget, round k holds step k of the traces whose earlier steps all reached the gold.
 A killed run resumes round by round: finished rounds are read back, the current one resumes like any run.
@@ -14,8 +15,6 @@ import logging
 import shutil
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from distill.prm_label import consensus
 from distill.prm_label.config import LabelConfig
@@ -33,7 +32,7 @@ from distill.prm_label.plan import (
 from pipelines.errors import RunIncomplete
 from pipelines.foreign import load_records
 from pipelines.run.lock import run_lock
-from pipelines.run.runner import run_spec
+from pipelines.run.subjob import run_subjob
 from pipelines.spec import DatasetSpec, SpecError
 from pipelines.store import write_text_atomic
 
@@ -96,6 +95,15 @@ def discard(out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
 
 
+def _finished(round_dir: Path, rows: list[dict[str, Any]]) -> bool:
+    """The round's dataset is written and holds every prefix without a failed sample: no run needed."""
+    from pipelines.run.plan import finished_ids
+    from pipelines.store import meta_dir
+
+    return (meta_dir(round_dir) / "stats.json").is_file() and \
+        finished_ids(round_dir / ".cache").issuperset(r["id"] for r in rows)
+
+
 def run_round(spec: DatasetSpec, cfg: LabelConfig, traces: list[StepTrace], steps: dict[str, list[int]],
               round_dir: Path, name: str, api_key: str | None, progress_every_s: float,
               judge_api_key: str | None = None) -> dict[str, StepLabel]:
@@ -105,10 +113,15 @@ def run_round(spec: DatasetSpec, cfg: LabelConfig, traces: list[StepTrace], step
     source = round_dir / "prefixes.jsonl"
     _write_jsonl(source, rows)
     round_spec = rollout_spec(spec, cfg, source, name)
-    text = yaml.safe_dump(round_spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
-    log.info("prm-label %s: %d step prefixes x %d completions", name, len(rows), cfg.completions)
-    run_spec(round_spec, text, round_dir, api_key=api_key, progress_every_s=progress_every_s,
-             judge_api_key=judge_api_key)
+    log_path = round_dir.parent / f"{name}.log"
+    if _finished(round_dir, rows):
+        log.info("prm-label %s: done earlier (%d step prefixes)", name, len(rows))
+    else:
+        # logged once the run is done: a run that cannot start (its preflight) ends the command in one line
+        run_subjob(round_spec, round_dir, round_dir.parent / f"{name}.yaml", log_path, api_key=api_key,
+                   judge_api_key=judge_api_key, progress_every_s=progress_every_s)
+        log.info("prm-label %s: %d step prefixes x %d completions (log: %s)", name, len(rows), cfg.completions,
+                 log_path)
     samples: dict[str, list[dict[str, Any]]] = {}
     for record in load_records(round_dir):
         samples.setdefault(str(record["problem_id"]), []).append(record)

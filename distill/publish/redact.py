@@ -1,8 +1,9 @@
 """What a public dataset page must not carry from the machine it was made on: local paths, server URLs, key names.
 
 By default ``distill publish`` reduces every local path in the spec, the stats and the ``teacher_model`` column to
-its file name (``/home/ana/models/r1-7b`` → ``r1-7b``) and removes the teacher's and the PRM's ``base_url`` and
-``api_key_env``; ``--keep-local-paths`` publishes them as they are. Pure functions over text, dicts and tables.
+its file name (``/home/ana/models/r1-7b`` → ``r1-7b``) and removes the teacher's, the judge's and the PRM's
+``base_url`` and ``api_key_env``; ``--keep-local-paths`` publishes them as they are. Pure functions over text,
+dicts and tables.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-SERVER_KEYS = ("base_url", "api_key_env")  # removed from the teacher and prm sections
+SERVER_KEYS = ("base_url", "api_key_env")  # removed from the teacher, judge and prm sections
 NOTE = "local paths reduced to file names, server URLs and key variables removed"
 
 
@@ -37,7 +38,7 @@ def redact_spec_dict(spec: dict[str, Any]) -> dict[str, Any]:
     source = spec.get("source")
     if isinstance(source, dict):
         source["path"] = local_name(source.get("path"))
-    for section in ("teacher", "prm"):
+    for section in ("teacher", "judge", "prm"):
         part = spec.get(section)
         if isinstance(part, dict):
             for key in SERVER_KEYS:

@@ -1,4 +1,7 @@
-"""``distill list`` and ``distill run``: the shipped specs, and a spec's trace dataset (pipelines/run/)."""
+"""``distill list`` and ``distill run``: the shipped specs, and a spec's trace dataset (pipelines/run/).
+
+``distill run`` turns the spec and its flags into the effective spec and hands it to ``run_spec``.
+"""
 
 from __future__ import annotations
 
@@ -42,11 +45,10 @@ def run(
     """Generate, parse, verify and write a trace dataset for SPEC."""
     from pydantic import ValidationError
 
-    from pipelines.run.preflight import preflight
-    from pipelines.run.runner import run_spec, work_left
+    from pipelines.run.runner import run_spec
 
     with user_errors() as secrets:
-        dataset, text = load_spec(spec)
+        dataset, _ = load_spec(spec)
         overrides = {"base_url": teacher_url and (teacher_url[0] if len(teacher_url) == 1 else teacher_url),
                      "model": teacher_model, "backend": backend, "num_samples": num_samples,
                      "max_new_tokens": max_new_tokens}
@@ -62,12 +64,10 @@ def run(
         api_key = os.environ.get(dataset.teacher.api_key_env)
         judge_key = os.environ.get(dataset.judge.api_key_env) if dataset.judge else None
         secrets += [api_key, judge_key]
-        # Source, output folder and teacher are checked before anything is created or written.
-        preflight(dataset, limit, api_key, spec_out_dirs=[] if out else [out_dir],
-                  probe_teacher=fresh or work_left(dataset, limit, cache_dir or out_dir / ".cache"),
-                  judge_api_key=judge_key)
-        stats = run_spec(dataset, text, out_dir, cache_dir=cache_dir, limit=limit, api_key=api_key, fresh=fresh,
-                         progress_every_s=progress_every, judge_api_key=judge_key)
+        # `dataset` is now the effective spec: run_spec checks it (source, output folder, teacher) before
+        # anything is created or written, and records it in __meta__/spec.yaml.
+        stats = run_spec(dataset, out_dir, cache_dir=cache_dir, limit=limit, api_key=api_key, fresh=fresh,
+                         progress_every_s=progress_every, judge_api_key=judge_key, out_from_spec=out is None)
     typer.echo(f"wrote {out_dir}: {stats['samples']} samples of {stats['problems']} problems, "
                f"kept {stats['kept']} ({stats['pass_rate']:.1%}); reasons {json.dumps(stats['reasons'])}")
 

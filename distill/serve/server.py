@@ -24,6 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipelines.engines.process_tree import live_group_members  # noqa: F401  (re-exported)
 from pipelines.spec import SpecError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -203,20 +204,6 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-
-
-def live_group_members(pgid: int) -> list[int]:
-    """Pids of the process group's members that still run (zombies, which a container's init may never reap,
-    do not count)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(stat.parent.name))
-    return members
 
 
 def start_servers(cfg: ServeConfig, env: dict[str, str] | None = None) -> list[VLLMServer]:

@@ -121,3 +121,19 @@ def request_stop(message: str) -> None:
 def stop_request() -> str | None:
     """The message of a worker's ``request_stop``, if one was made in this run."""
     return _message.value.decode("utf-8", errors="replace") or None
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Pids of the process group's members that still run (zombies, which a container's init may never reap,
+    do not count)."""
+    from pathlib import Path
+
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members

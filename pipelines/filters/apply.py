@@ -105,14 +105,15 @@ class ProblemFilter:
             },
         }
 
-    def write_report(self, cache_dir: Path) -> Path:
-        """Atomically write the report beside the part files."""
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        path = cache_dir / REPORT
-        tmp = cache_dir / f".{REPORT}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(self.report(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+
+def write_report(cache_dir: Path, report: dict[str, Any]) -> Path:
+    """Atomically write a filter report (``ProblemFilter.report()``) beside the part files."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / REPORT
+    tmp = cache_dir / f".{REPORT}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def read_report(cache_dir: Path) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Checks before a run touches anything: the source has problems, the output stays put, the teacher answers.
 
 Each failure is a ``SpecError``: one line naming the field or file and what to do. They run in this order
-(cheapest and most local first) before the run takes its lock, creates a folder or writes a byte.
+(cheapest and most local first), inside ``run_spec``, before the run takes its lock, creates a folder or writes
+a byte. The source check is the run's plan itself (pipelines/run/plan.py): the one read of the source.
 """
 
 from __future__ import annotations
@@ -15,25 +16,12 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from pipelines.errors import redact_url
-from pipelines.source import iter_problems
+from pipelines.run.plan import RunPlan, make_plan
 from pipelines.spec import DatasetSpec, JudgeConfig, SpecError, TeacherConfig
 
 log = logging.getLogger("distill")
 
 PROBE_TIMEOUT_S = 5.0
-
-
-def check_source(spec: DatasetSpec, limit: int | None) -> None:
-    """The source opens, has the mapped columns and at least one problem; a local file is read to the end
-    (encoding, JSON, ids, sizes), a Hub dataset up to its first problem."""
-    problems = iter_problems(spec.source, limit)
-    first = next(problems, None)
-    if spec.source.is_local:
-        for _ in problems:
-            pass
-    if first is None:
-        raise SpecError(f"source.path: {spec.source.path!r} has no problems in field "
-                        f"{spec.source.problem_field!r}; check the file or source.problem_field")
 
 
 def check_output(out_dir: Path, cwd: Path) -> Path:
@@ -114,16 +102,21 @@ def check_judge(judge: JudgeConfig, api_key: str | None, timeout: float = PROBE_
                     redact_url(judge.base_url), ", ".join(served))
 
 
-def preflight(spec: DatasetSpec, limit: int | None, api_key: str | None, spec_out_dirs: Sequence[Path] = (),
-              cwd: Path | None = None, probe_teacher: bool = True, judge_api_key: str | None = None) -> None:
-    """All checks; ``spec_out_dirs`` are the folders that came from the spec rather than the command line.
+def preflight(spec: DatasetSpec, limit: int | None, cache_dir: Path, api_key: str | None,
+              spec_out_dirs: Sequence[Path] = (), cwd: Path | None = None, fresh: bool = False,
+              judge_api_key: str | None = None) -> RunPlan:
+    """All checks, in order; returns the run's plan (``run_spec`` calls this: every caller of a run gets it).
 
-    ``probe_teacher`` is off when every problem is already done: such a run needs no teacher.
+    The source is read once, into the plan (pipelines/run/plan.py): a local file or a Hub stream to its end,
+    through the filters. ``spec_out_dirs`` are the folders that came from the spec rather than the command
+    line. The teacher (and a judge) are probed only when the plan has work left or the run is ``fresh``: a
+    finished run needs no teacher.
     """
-    check_source(spec, limit)
+    plan = make_plan(spec, limit, None if fresh else cache_dir)
     for folder in spec_out_dirs:
         check_output(folder, cwd or Path.cwd())
-    if probe_teacher:
+    if fresh or plan.work_left:
         check_teacher(spec.teacher, api_key)
         if spec.judge is not None:
             check_judge(spec.judge, judge_api_key)
+    return plan

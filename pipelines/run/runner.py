@@ -1,4 +1,4 @@
-"""Build and run the Distilabel pipeline for a spec: load → generate → curate → write, then finalize."""
+"""Run a spec: preflight and plan, then the Distilabel pipeline (load → generate → curate → write), then finalize."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.engines.log import LOG_NAME, run_log
+from pipelines.filters.apply import write_report
 from pipelines.run import fingerprint
 from pipelines.run.lock import run_lock
+from pipelines.run.plan import RunPlan
+from pipelines.run.preflight import preflight
 from pipelines.run.progress import DEFAULT_EVERY_S, RunProgress
-from pipelines.source import iter_problems
-from pipelines.spec import DatasetSpec, SpecError
+from pipelines.spec import DatasetSpec, dump_spec
 from pipelines.store import (
-    done_problem_ids,
-    failed_problem_ids,
     finalize,
     meta_dir,
     remove_stale_temps,
@@ -43,9 +43,9 @@ def _window_share(spec: DatasetSpec) -> int | None:
     return math.ceil(spec.teacher.max_concurrency * len(spec.teacher.base_urls) / replicas)
 
 
-def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_ids: set[str],
-                   api_key: str | None = None, total: int | None = None, judge_api_key: str | None = None,
-                   fence: Any = None) -> Any:
+def build_pipeline(spec: DatasetSpec, cache_dir: Path, plan: RunPlan, api_key: str | None = None,
+                   judge_api_key: str | None = None, fence: Any = None) -> Any:
+    """The distilabel pipeline of ``spec``; its load step streams ``plan``'s pending problems."""
 
     from pipelines.engines.local import ThrottledPipeline
     from pipelines.steps.curate import CurateTraces
@@ -65,9 +65,7 @@ def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_i
     else:
         engine = ThrottledPipeline(name=name, cache_dir=cache_dir / "distilabel")
     with engine as pipeline:
-        load = LoadProblems(name="load", source=spec.source, limit=limit, skip_ids=sorted(skip_ids),
-                            batch_size=batch, dedupe=spec.dedupe, decontamination=spec.decontamination,
-                            report_dir=str(cache_dir))
+        load = LoadProblems(name="load", problems=plan.pending(), batch_size=batch)
         generate = TeacherGeneration(name="generate", llm=llm, prompt=spec.prompt,
                                      num_samples=spec.teacher.num_samples,
                                      max_new_tokens=spec.teacher.max_new_tokens, input_batch_size=batch,
@@ -85,7 +83,7 @@ def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_i
             stages.append(JudgeTraces(name="judge", judge=spec.judge, verification=spec.verification,
                                       api_key=judge_api_key, input_batch_size=batch,
                                       resources=_resources(spec, "judge")))
-        write = WriteParts(name="write", cache_dir=str(cache_dir), total_problems=total, input_batch_size=batch,
+        write = WriteParts(name="write", cache_dir=str(cache_dir), total_problems=plan.total, input_batch_size=batch,
                            resources=_resources(spec, "write"))
         if spec.prm is not None:
             from pipelines.steps.prm import PrmFilter
@@ -100,62 +98,32 @@ def build_pipeline(spec: DatasetSpec, cache_dir: Path, limit: int | None, skip_i
     return pipeline
 
 
-def _kept_problem_ids(spec: DatasetSpec, limit: int | None, cache_dir: Path) -> list[str]:
-    """The ids of a local source's problems that dedupe and decontamination keep; writes the filter report."""
-    from pipelines.filters.apply import ProblemFilter
-
-    problems = ProblemFilter(spec.dedupe, spec.decontamination)
-    ids = [row["problem_id"] for _, row in problems.apply(iter_problems(spec.source, limit))]
-    problems.write_report(cache_dir)
-    if not ids:
-        raise SpecError(f"source.path: {spec.source.path!r} has no problems in field "
-                        f"{spec.source.problem_field!r}; check the file or the field name")
-    return ids
-
-
-def work_left(spec: DatasetSpec, limit: int | None, cache_dir: Path, kept_ids: list[str] | None = None) -> bool:
-    """Whether a run would ask the teacher for anything (a finished run only rewrites the dataset).
-
-    ``kept_ids`` are the filtered problems when the caller has them. Otherwise the source is read raw first:
-    when every problem is done the filters (benchmark loads, MinHash of every problem) are not needed at all.
-    With them, it stops at the first problem not done; it reads everything only when all is done, which is
-    when it matters: distilabel would wait forever for the loader's empty last batch.
-    """
-    if not cache_dir.is_dir():
-        return True
-    done = done_problem_ids(cache_dir) - failed_problem_ids(cache_dir)
-    if kept_ids is not None:
-        return any(pid not in done for pid in kept_ids)
-    if all(row["problem_id"] in done for row in iter_problems(spec.source, limit)):
-        return False
-    from pipelines.filters.apply import ProblemFilter
-
-    problems = ProblemFilter(spec.dedupe, spec.decontamination).apply(iter_problems(spec.source, limit))
-    return any(row["problem_id"] not in done for _, row in problems)
-
-
-def _check_complete(spec: DatasetSpec, total: int | None, cache_dir: Path) -> None:
+def _check_complete(plan: RunPlan, cache_dir: Path) -> None:
     """distilabel turns a failed batch into None rows and carries on: say so instead of finishing short."""
-    if total is None or not spec.source.is_local:
-        return
-    missing = total - len(done_problem_ids(cache_dir))
+    missing = plan.missing(cache_dir)
     if missing > 0:
         from pipelines.errors import RunIncomplete
 
-        raise RunIncomplete(f"{missing} of {total} problems were not written (a pipeline step failed; see "
+        raise RunIncomplete(f"{missing} of {plan.total} problems were not written (a pipeline step failed; see "
                             f"{cache_dir / LOG_NAME}); rerun the same command to retry them")
 
 
-def run_spec(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path | None = None,
-             limit: int | None = None, api_key: str | None = None, fresh: bool = False,
-             progress_every_s: float = DEFAULT_EVERY_S, judge_api_key: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the pipeline and write the dataset folder; returns the stats.
+def run_spec(spec: DatasetSpec, out_dir: Path, cache_dir: Path | None = None, limit: int | None = None,
+             api_key: str | None = None, fresh: bool = False, progress_every_s: float = DEFAULT_EVERY_S,
+             judge_api_key: str | None = None, out_from_spec: bool = False) -> dict[str, Any]:
+    """Check, plan, run (or resume) the pipeline and write the dataset folder; returns the stats.
 
-    ``fresh`` discards what an earlier run generated into this folder (the refusal of a changed spec says so).
-    The log goes to ``<cache>/run.log`` (the terminal keeps the factory's lines unless the root logger is at
-    DEBUG, i.e. ``-v``); progress is a bar on a TTY, else a line every ``progress_every_s`` seconds.
+    ``spec`` is the effective spec (CLI overrides applied): it is what ``__meta__/spec.yaml`` records. The
+    preflight (pipelines/run/preflight.py) reads the source once into the run's plan and probes the teacher when
+    there is work left, before anything is created; ``out_from_spec``: ``out_dir`` came from the spec's
+    ``output.dir``, not the command line, and must stay inside the working directory. ``fresh`` discards what
+    an earlier run generated into this folder (the refusal of a changed spec says so). The log goes to
+    ``<cache>/run.log`` (the terminal keeps the factory's lines unless the root logger is at DEBUG, i.e. ``-v``);
+    progress is a bar on a TTY, else a line every ``progress_every_s`` seconds.
     """
     cache_dir = cache_dir or out_dir / ".cache"
+    plan = preflight(spec, limit, cache_dir, api_key, judge_api_key=judge_api_key, fresh=fresh,
+                     spec_out_dirs=[out_dir] if out_from_spec else [])
     cache_dir.mkdir(parents=True, exist_ok=True)
     verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
     with run_lock(cache_dir), _shared_lock(spec, cache_dir) as lease, run_log(cache_dir, verbose) as log_handler:
@@ -167,7 +135,9 @@ def run_spec(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path |
 
             recurate_cache(cache_dir, spec, judge_api_key=judge_api_key)
             fingerprint.record(cache_dir, spec)
-        return _run_locked(spec, spec_text, out_dir, cache_dir, limit, api_key,
+        # What is done may have changed since the preflight (--fresh, a re-curation): the cache is read again
+        # under the lock, the source is not.
+        return _run_locked(spec, plan.with_cache(cache_dir), out_dir, cache_dir, api_key,
                            _Display(log_handler, verbose, progress_every_s), judge_api_key,
                            fence=lease.lost if lease is not None else None)
 
@@ -205,32 +175,30 @@ def discard_run(cache_dir: Path, out_dir: Path) -> None:
         shard.unlink()
 
 
-def _run_locked(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Path, limit: int | None,
-                api_key: str | None, display: _Display | None = None,
-                judge_api_key: str | None = None, fence: Any = None) -> dict[str, Any]:
-    kept_ids = _kept_problem_ids(spec, limit, cache_dir) if spec.source.is_local else None
-    total = len(kept_ids) if kept_ids is not None else limit
-    failed = failed_problem_ids(cache_dir)
-    if failed:
-        log.info("asking the teacher again for %d problems whose requests failed in an earlier run", len(failed))
-    done = done_problem_ids(cache_dir) - failed
+def _run_locked(spec: DatasetSpec, plan: RunPlan, out_dir: Path, cache_dir: Path, api_key: str | None,
+                display: _Display | None = None, judge_api_key: str | None = None,
+                fence: Any = None) -> dict[str, Any]:
+    write_report(cache_dir, plan.report)  # what dedupe and decontamination dropped, beside the parts
+    if plan.failed:
+        log.info("asking the teacher again for %d problems whose requests failed in an earlier run",
+                 len(plan.failed))
     state_file = cache_dir / "run_state.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {"wall_time_s": 0.0, "runs": 0}
     started = time.monotonic()
-    if work_left(spec, limit, cache_dir, kept_ids):
-        log.info("running %s: %s problems to do, %d already done", spec.name,
-                 "?" if total is None else total - len(done), len(done))
-        pipeline = build_pipeline(spec, cache_dir, limit, done, api_key=api_key, total=total,
-                                  judge_api_key=judge_api_key, fence=fence)
+    if plan.work_left:
+        log.info("running %s: %d problems to do, %d already done", spec.name, plan.total - plan.done_count,
+                 plan.done_count)
+        pipeline = build_pipeline(spec, cache_dir, plan, api_key=api_key, judge_api_key=judge_api_key, fence=fence)
         if display is not None:
             pipeline.log_handler, pipeline.verbose = display.log_handler, display.verbose
-        with RunProgress(cache_dir, len(done), total, every_s=display.every_s if display else DEFAULT_EVERY_S):
+        with RunProgress(cache_dir, plan.done_count, plan.total,
+                         every_s=display.every_s if display else DEFAULT_EVERY_S):
             pipeline.run(use_cache=False)
         if pipeline.stop_reason is not None:  # Ctrl-C, SIGTERM, or a worker that stopped it (disk full)
             raise pipeline.stop_reason
-        _check_complete(spec, total, cache_dir)
+        _check_complete(plan, cache_dir)
     else:
-        log.info("all %d problems already done; writing the dataset", len(done))
+        log.info("all %d problems already done; writing the dataset", plan.total)
     state = {"wall_time_s": state["wall_time_s"] + time.monotonic() - started, "runs": state["runs"] + 1}
     write_text_atomic(state_file, json.dumps(state))
     run_info = {"spec": spec.name, "teacher_model": spec.teacher.model, "backend": spec.teacher.backend,
@@ -241,5 +209,5 @@ def _run_locked(spec: DatasetSpec, spec_text: str, out_dir: Path, cache_dir: Pat
     if spec.judge is not None:
         run_info["judge"] = {k: getattr(spec.judge, k) for k in ("model", "mode", "threshold")}
     meta_dir(out_dir).mkdir(parents=True, exist_ok=True)
-    write_text_atomic(meta_dir(out_dir) / "spec.yaml", spec_text)
-    return finalize(cache_dir, out_dir, spec.output.rows_per_file, run_info)
+    write_text_atomic(meta_dir(out_dir) / "spec.yaml", dump_spec(spec))  # the effective spec, overrides included
+    return finalize(cache_dir, out_dir, spec.output.rows_per_file, run_info, filters=plan.report)
