@@ -292,15 +292,15 @@ class Database:
             counts = dict(rows)
             out["pass_rate_hist"] = [(f"{b / 10:.1f}–{(b + 1) / 10:.1f}", counts.get(b, 0)) for b in range(10)]
         if "completion_tokens" in source.columns:
-            high = cursor.execute(f"SELECT quantile_disc(completion_tokens, 0.99), max(completion_tokens) "
-                                  f"FROM {rel}").fetchone()
-            if high[0] is not None:
-                top = max(int(high[0]), 1)
-                width = max(1, math.ceil(top / 20))
-                rows = cursor.execute(f"SELECT least(completion_tokens // {width}, 20)::INT AS b, count(*) FROM {rel} "
-                                      "WHERE completion_tokens IS NOT NULL GROUP BY b ORDER BY b").fetchall()
+            low, high, most = cursor.execute(f"SELECT min(completion_tokens), quantile_disc(completion_tokens, 0.99), "
+                                             f"max(completion_tokens) FROM {rel}").fetchone()
+            if low is not None:
+                width = max(1, math.ceil((int(high) - int(low) + 1) / 20))
+                rows = cursor.execute(f"SELECT least((completion_tokens - {int(low)}) // {width}, 20)::INT AS b, "
+                                      f"count(*) FROM {rel} WHERE completion_tokens IS NOT NULL GROUP BY b").fetchall()
                 counts = dict(rows)
-                out["tokens_hist"] = [(f"{b * width}–{(b + 1) * width - 1}" if b < 20 else f"≥{20 * width}",
-                                       counts.get(b, 0)) for b in range(21) if b < 20 or counts.get(b)]
-                out["tokens_max"] = high[1]
+                out["tokens_hist"] = [(f"{low + b * width}–{low + (b + 1) * width - 1}" if b < 20
+                                       else f"≥{low + 20 * width}", counts.get(b, 0))
+                                      for b in range(21) if b < 20 or counts.get(b)]
+                out["tokens_max"] = most
         return out

@@ -149,7 +149,9 @@ def eval_page(db: Database, root: Path, eval_dir: Path) -> dict[str, Any]:
         pass
     rel = eval_dir.relative_to(root).as_posix()
     markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
-    html = markdown.render(CREDENTIALS.sub(r"\1", report))
+    # As publishing does: a local path in the report (a set's source file) is reduced to its name.
+    report = re.sub(r"`([^`\n]+)`", lambda m: f"`{local_name(m.group(1))}`", CREDENTIALS.sub(r"\1", report))
+    html = markdown.render(report)
     # The plots are files of this folder: served by /plot, nothing else of the disk is.
     html = re.sub(r'src="(plots/[\w.+-]+\.(?:png|svg))"',
                   lambda m: f'src="/plot?at={rel}&amp;name={m.group(1)}"', html)
