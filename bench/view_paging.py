@@ -122,7 +122,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     marker = args.out / f".rows-{args.rows}"
-    if not marker.exists():
+    wrote = not marker.exists()
+    if wrote:
         for old in args.out.glob("data-*.parquet"):
             old.unlink()
         start = time.perf_counter()
@@ -141,8 +142,8 @@ def main() -> None:
         print(f"{name:<52} {total:>12,} {seconds * 1000:>9.0f} {seconds / baseline:>10.1f}×")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     load = os.getloadavg()[0]
-    print(f"peak RSS of this process: {peak:.0f} MiB (writing the rows included); load average {load:.1f} "
-          f"on {os.cpu_count()} CPUs")
+    print(f"peak RSS of this process: {peak:.0f} MiB{' (writing the rows included)' if wrote else ''}; "
+          f"load average {load:.1f} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

@@ -178,11 +178,15 @@ class Database:
         if filters.right and source.scores is not None:
             clauses.append("s.eval_correct" if filters.right == "yes" else "NOT coalesce(s.eval_correct, false)")
         if filters.q:
-            # RE2 on an escaped literal, case-insensitive: about twice as fast as ILIKE over long thoughts. The
-            # pattern is inlined (a constant is compiled once), quoted as a SQL string.
-            pattern = re.escape(filters.q).replace("'", "''")
             searched = [c for c in SEARCHED if c in source.columns]
-            clauses.append("(" + " OR ".join(f"regexp_matches(t.{c}, '{pattern}', 'i')" for c in searched) + ")"
+            if filters.q.lower() == filters.q.upper():
+                # Nothing to fold (digits, signs): a plain substring test, about 3x faster than the regex.
+                match, literal = "contains(t.{c}, '{p}')", filters.q
+            else:
+                # RE2 on the escaped literal, case-insensitive: about twice as fast as ILIKE over long thoughts.
+                match, literal = "regexp_matches(t.{c}, '{p}', 'i')", re.escape(filters.q)
+            pattern = literal.replace("'", "''")  # inlined, quoted: a constant pattern is compiled once
+            clauses.append("(" + " OR ".join(match.format(c=c, p=pattern) for c in searched) + ")"
                            if searched else "false")
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
