@@ -155,6 +155,22 @@ def test_an_eval_folder_shows_its_report_plots_and_right_and_wrong(dataset: Path
     assert 'href="/eval?at=eval"' in page and "runs/student" not in page  # the eval's runs are on its page
 
 
+def test_a_folder_with_few_columns_still_shows(tmp_path: Path) -> None:
+    """A parquet folder from elsewhere (only some of the factory's columns) pages and shows its samples."""
+    out = tmp_path / "foreign"
+    out.mkdir()
+    pd.DataFrame({"problem_id": ["a", "a", "b"], "problem_index": [0, 0, 1], "sample_index": [0, 1, 0],
+                  "problem": ["x?", "x?", "y?"], "thought": ["one\n\ntwo", "three", None]}).to_parquet(
+        out / "data-00000-of-00001.parquet")
+    viewer = Viewer(out)
+    status, page = get(viewer, "/table", at=".", q="TWO")
+    assert status == 200 and '<strong id="total">1</strong>' in page
+    status, page = get(viewer, "/sample", at=".", pid="a", s=0)
+    assert status == 200 and page.count('<div class="step"') == 3 and "not verified" in page  # 2 + its sibling's 1
+    status, page = get(viewer, "/summary", at=".")
+    assert status == 200 and "<strong>3</strong> samples of 2 problems" in page
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["/no/such/folder"], "error: PATH: /no/such/folder is not a folder"),
     ([".", "--host", "my-laptop"], "error: --host: 'my-laptop' is not an IP address"),

@@ -154,11 +154,14 @@ class Database:
 
     def _where(self, source: Source, filters: Filters) -> tuple[str, list[Any]]:
         clauses, params = [], []
-        if filters.status == "kept":
+        if filters.status != "all" and "kept" not in source.columns or filters.reason and "rejection_reason" \
+                not in source.columns:
+            clauses.append("false")  # a folder without these columns: nothing is kept or rejected for a reason
+        elif filters.status == "kept":
             clauses.append("t.kept")
         elif filters.status == "rejected":
             clauses.append("NOT coalesce(t.kept, false)")
-        if filters.reason:
+        if filters.reason and "rejection_reason" in source.columns:
             if filters.reason == "kept":
                 clauses.append("t.rejection_reason IS NULL")
             else:
@@ -284,7 +287,9 @@ class Database:
         """Counts per reason, a pass-rate histogram over problems and a token histogram over samples."""
         cursor = self.cursor()
         rel = source.relation
-        reasons = dict(cursor.execute(f"SELECT coalesce(rejection_reason, 'kept') AS r, count(*) FROM {rel} "
+        outcome = ("coalesce(rejection_reason, 'kept')" if "rejection_reason" in source.columns
+                   else "'not curated'")  # a folder from elsewhere
+        reasons = dict(cursor.execute(f"SELECT {outcome} AS r, count(*) FROM {rel} "
                                       "GROUP BY r ORDER BY count(*) DESC").fetchall())
         problems = cursor.execute(f"SELECT count(DISTINCT problem_id) FROM {rel}").fetchone()[0]
         out: dict[str, Any] = {"samples": sum(reasons.values()), "problems": problems, "reasons": reasons,

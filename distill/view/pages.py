@@ -12,7 +12,7 @@ import yaml
 
 from distill.publish.redact import local_name, redact_spec, redact_stats
 from distill.view.charts import bar_chart, score_color
-from distill.view.data import PER_PAGE, Database, Filters, Source
+from distill.view.data import LIST_COLUMNS, PER_PAGE, SAMPLE_COLUMNS, Database, Filters, Source
 from distill.view.folders import find_folders, is_live, parts_of
 from pipelines.store import META
 from prm.split import split_steps
@@ -68,9 +68,7 @@ def index_page(root: Path) -> dict[str, Any]:
 def table_page(db: Database, source: Source, filters: Filters) -> dict[str, Any]:
     total = db.count(source, filters)
     pages = max(1, -(-total // PER_PAGE))
-    rows = db.page(source, filters)
-    for row in rows:
-        row["link"] = {"pid": row["problem_id"], "s": row["sample_index"]}
+    rows = [{**dict.fromkeys(LIST_COLUMNS), **row} for row in db.page(source, filters)]
     return {"total": total, "rows": rows, "pages": pages, "filters": filters, "live": source.live,
             "files": len(source.files), "reasons": db.reasons(source), "columns": set(source.columns),
             "eval": source.scores is not None}
@@ -97,7 +95,8 @@ def steps_view(sample: dict[str, Any], split: tuple[str, str | None]) -> dict[st
 
 
 def sample_page(db: Database, source: Source, out_dir: Path, problem_id: str, index: int) -> dict[str, Any] | None:
-    samples = db.problem_samples(source, problem_id)
+    # A folder from elsewhere may lack columns: every field the page reads is there, None when absent.
+    samples = [{**dict.fromkeys(SAMPLE_COLUMNS), **s} for s in db.problem_samples(source, problem_id)]
     sample = next((s for s in samples if s["sample_index"] == index), None)
     if sample is None:
         return None
