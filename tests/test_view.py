@@ -22,6 +22,8 @@ from conftest import DISTILL, ROOT, write_jsonl, write_spec
 
 from testing.loopback.teacher import LoopbackTeacher
 
+# One run serves the three tests, in this order: under pytest-xdist they stay on one worker.
+pytestmark = pytest.mark.xdist_group("view-browser")
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 N_PROBLEMS = 12
 
