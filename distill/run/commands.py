@@ -87,7 +87,11 @@ def _start_viewer(out_dir: Path, cache_dir: Path | None) -> Beside:
     from distill.view.commands import Beside
 
     viewer = Beside(out_dir, cache_dir)
-    viewer.wait_ready()
+    try:
+        viewer.wait_ready()
+    except BaseException:
+        viewer.stop()
+        raise
     typer.echo(f"viewer: {viewer.url} (stops with the run; `distill view {out_dir}` opens it again)")
     return viewer
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -88,15 +89,17 @@ class Beside:
                    "--host", host, *(["--cache-dir", str(cache_dir)] if cache_dir else [])]
         if cache_dir:
             cache_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        self.errors = tempfile.TemporaryFile()  # not a pipe: nobody reads it while the run goes on
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self.errors,
                                         stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                error = (self.process.stderr.read() if self.process.stderr else b"").decode().strip()
-                raise SpecError(error.removeprefix("error: ") or "--view: the viewer did not start")
+                self.errors.seek(0)
+                error = self.errors.read().decode(errors="replace").strip().splitlines()
+                raise SpecError(error[-1].removeprefix("error: ") if error else "--view: the viewer did not start")
             try:
                 with urlopen(self.url + "api/count?at=.", timeout=2):
                     return
@@ -112,6 +115,7 @@ class Beside:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.errors.close()
 
 
 def register(app: typer.Typer) -> None:
