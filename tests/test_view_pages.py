@@ -126,6 +126,23 @@ def test_a_run_still_writing_is_read_from_its_part_files(tmp_path: Path) -> None
     assert "writing" in page and "run" in page
 
 
+def test_a_rerun_of_a_finished_folder_is_live_while_it_holds_the_lock(dataset: Path) -> None:
+    """stats.json is there from the first run; the run's flock (read from /proc/locks) says a run writes again."""
+    import fcntl
+    import os
+
+    db = Database()
+    assert not db.source(dataset).live
+    fd = os.open(dataset / ".cache" / "run.lock", os.O_CREAT | os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        source = db.source(dataset)
+        assert source.live and all(".cache/parts/part-" in str(f) for f in source.files)
+    finally:
+        os.close(fd)
+    assert not db.source(dataset).live
+
+
 def test_an_eval_folder_shows_its_report_plots_and_right_and_wrong(dataset: Path, tmp_path: Path) -> None:
     evaluation = tmp_path / "eval"
     run = evaluation / "runs" / "student" / "sums"

@@ -74,12 +74,19 @@ def lock_held(cache_dir: Path) -> bool:
     """Whether a run holds the folder's lock, read from /proc/locks (never by taking the lock: a run starting at
     that moment must not find it taken). False where /proc/locks does not exist."""
     try:
-        inode = (cache_dir / LOCK_NAME).stat().st_ino
+        stat = (cache_dir / LOCK_NAME).stat()
         text = Path("/proc/locks").read_text()
     except OSError:
         return False
-    return any(line.split()[5].rsplit(":", 1)[-1] == str(inode) for line in text.splitlines()
-               if len(line.split()) > 5 and line.split()[1] == "FLOCK")
+    # A line: "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" (major and minor in hex, then the inode);
+    # processes waiting for a lock have "->" lines, which do not hold it.
+    for fields in (line.split() for line in text.splitlines()):
+        if len(fields) > 5 and fields[1] == "FLOCK":
+            major, minor, inode = fields[5].split(":")
+            if int(inode) == stat.st_ino and (int(major, 16), int(minor, 16)) == (os.major(stat.st_dev),
+                                                                                  os.minor(stat.st_dev)):
+                return True
+    return False
 
 
 def is_live(out_dir: Path, cache_dir: Path | None = None) -> bool:
