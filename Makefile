@@ -16,17 +16,25 @@ ARGS ?=
 # make test: two pytest-xdist workers (most of the suite waits on servers, training and subprocesses)
 TEST_WORKERS ?= 2
 
-.PHONY: help setup setup-train setup-vllm test lint demo demo-hub onpolicy pipeline serve eval train preprocess prm-label lab publish bench chaos clean
+.PHONY: help setup setup-browser setup-train setup-vllm test lint demo demo-hub onpolicy pipeline serve eval view train preprocess prm-label lab publish bench chaos clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(VENV)/$(STAMP) ## Create .venv with the factory (CPU torch 2.13.0, Ray 2.60 for run.engine: ray)
+setup: $(VENV)/$(STAMP) setup-browser ## Create .venv with the factory (CPU torch 2.13.0, Ray 2.60 for run.engine: ray)
 $(VENV)/$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e ".[dev]"
 	touch $@
+
+# tests/test_view.py drives Debian's chromium with its chromedriver (never a browser a tool downloads itself).
+setup-browser: ## Install chromium and chromedriver with apt-get when missing (the viewer's browser test)
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "setup-browser: no apt-get; install chromium and chromedriver yourself (tests/test_view.py skips without them)"; fi
 
 setup-train: $(VENV_TRAIN)/$(STAMP) ## Create .venv-train with Axolotl (AXOLOTL_VERSION=$(AXOLOTL_VERSION))
 $(VENV_TRAIN)/$(STAMP):
@@ -77,6 +85,12 @@ EVAL_CONFIG ?=
 eval: $(VENV)/$(STAMP) ## Evaluate models: make eval MODELS="teacher=http://127.0.0.1:8000/v1 sft=out/sft,backend=transformers" SETS="gsm8k math-500" ARGS="--samples 4" (or EVAL_CONFIG=eval.yaml)
 	@test -n "$(MODELS)$(EVAL_CONFIG)" || { echo "error: MODELS is required: make eval MODELS=\"name=http://host:port/v1 name2=MODEL_DIR\" SETS=\"gsm8k\" (distill eval --list shows the sets)"; exit 2; }
 	$(DISTILL) eval $(if $(EVAL_CONFIG),--config $(EVAL_CONFIG),$(foreach s,$(SETS),--set $(s))) $(foreach m,$(MODELS),--model $(m)) $(ARGS)
+
+DIR ?=
+PORT ?= 8765
+view: $(VENV)/$(STAMP) ## Browse a dataset, run or eval folder in a local web page: make view DIR=out/gsm8k (PORT=8765, ARGS="--host 0.0.0.0")
+	@test -n "$(DIR)" || { echo "error: DIR is required: make view DIR=<dataset, eval or parent folder>"; exit 2; }
+	$(DISTILL) view $(DIR) --port $(PORT) $(ARGS)
 
 train: ## Launch Axolotl: make train CONFIG=axolotl_configs/....yaml
 	@test -n "$(CONFIG)" || { echo "error: CONFIG is required: make train CONFIG=axolotl_configs/<file>.yaml"; exit 2; }

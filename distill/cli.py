@@ -29,6 +29,7 @@ JOBS = (
     ("select", "select"),
     ("mix", "mix"),
     ("ondevice", "export-model"),
+    ("view", "view"),
 )
 
 

@@ -89,3 +89,13 @@ def test_what_counts_as_a_local_path():
     assert local_name("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"  # a Hub id stays
     assert local_name("openai/gsm8k") == "openai/gsm8k" and local_name(None) is None
     assert redact_spec("") == "" and redact_spec("not: [valid") == ""
+
+
+def test_a_mix_spec_is_redacted_in_each_source_spec_it_nests():
+    """`distill mix` writes each source folder's spec under ``mix``: those are redacted too."""
+    source = yaml.safe_load(_spec_text(Path("/home/ana")))
+    mixed = {"name": "mix-a-b", "mix": [{"name": "a", "path": "/home/ana/out/a", "spec": source},
+                                        {"name": "b", "path": "out/b", "spec": dict(source)}]}
+    text = redact_spec(yaml.safe_dump(mixed))
+    assert "base_url" not in text and "ACME_TEACHER_KEY" not in text and "/home/ana" not in text
+    assert yaml.safe_load(text)["mix"][0]["spec"]["source"]["path"] == "problems.jsonl"

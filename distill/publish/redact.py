@@ -51,6 +51,12 @@ def redact_spec_dict(spec: dict[str, Any]) -> dict[str, Any]:
     for benchmark in benchmarks or []:
         if isinstance(benchmark, dict):
             benchmark["path"] = local_name(benchmark.get("path"))
+    mixed = spec.get("mix") if isinstance(spec.get("mix"), list) else []
+    for source_run in mixed:
+        if isinstance(source_run, dict):  # `distill mix` nests each source folder's own spec
+            source_run["path"] = local_name(source_run.get("path"))
+            if isinstance(source_run.get("spec"), dict):
+                source_run["spec"] = redact_spec_dict(source_run["spec"])
     return spec
 
 

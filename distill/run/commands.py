@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from distill.command import flag_error, user_errors
 from pipelines.spec import SpecError, load_spec, shipped_specs
+
+if TYPE_CHECKING:
+    from distill.view.commands import Beside
 
 FRESH_HELP = "Discard what earlier runs generated into this folder and start over."
 
@@ -41,6 +44,8 @@ def run(
     engine: Optional[str] = typer.Option(None, help="local | ray (default: the spec's run.engine)."),
     ray_address: Optional[str] = typer.Option(None, help="Run on this Ray cluster (engine ray), e.g. auto or "
                                                          "head:6379; docs/scaling.md."),
+    view: bool = typer.Option(False, "--view", help="Start `distill view` on the output folder beside the run "
+                                                    "(127.0.0.1, a free port), print its URL; it stops with the run."),
 ) -> None:
     """Generate, parse, verify and write a trace dataset for SPEC."""
     from pydantic import ValidationError
@@ -66,10 +71,29 @@ def run(
         secrets += [api_key, judge_key]
         # `dataset` is now the effective spec: run_spec checks it (source, output folder, teacher) before
         # anything is created or written, and records it in __meta__/spec.yaml.
-        stats = run_spec(dataset, out_dir, cache_dir=cache_dir, limit=limit, api_key=api_key, fresh=fresh,
-                         progress_every_s=progress_every, judge_api_key=judge_key, out_from_spec=out is None)
+        viewer = _start_viewer(out_dir, cache_dir) if view else None
+        try:
+            stats = run_spec(dataset, out_dir, cache_dir=cache_dir, limit=limit, api_key=api_key, fresh=fresh,
+                             progress_every_s=progress_every, judge_api_key=judge_key, out_from_spec=out is None)
+        finally:
+            if viewer is not None:
+                viewer.stop()
     typer.echo(f"wrote {out_dir}: {stats['samples']} samples of {stats['problems']} problems, "
                f"kept {stats['kept']} ({stats['pass_rate']:.1%}); reasons {json.dumps(stats['reasons'])}")
+
+
+def _start_viewer(out_dir: Path, cache_dir: Path | None) -> Beside:
+    """`distill view` on the run's folder, in its own process; its URL is printed before the run starts."""
+    from distill.view.commands import Beside
+
+    viewer = Beside(out_dir, cache_dir)
+    try:
+        viewer.wait_ready()
+    except BaseException:
+        viewer.stop()
+        raise
+    typer.echo(f"viewer: {viewer.url} (stops with the run; `distill view {out_dir}` opens it again)")
+    return viewer
 
 
 def _run_overrides(run_config: object, engine: str | None, ray_address: str | None) -> object:
