@@ -79,15 +79,28 @@ def require_venv(name: str, setup: str) -> Path:
 
 
 # Under `pytest -n 2 --dist loadgroup` (make test) every test that uses a session-wide vLLM teacher runs in one
-# worker, so each server starts once per run rather than once per worker; the other worker takes the rest.
+# worker, so each server starts once per run rather than once per worker, and the tests of a module with a
+# module-scoped fixture (the lab loop, a trained student) run in one worker, so that fixture is built once.
+# The other tests go wherever a worker is free.
 SHARED_SERVERS = {"vllm_teacher", "vllm_r1_teacher"}
+
+
+def xdist_group(item: pytest.Item) -> str | None:
+    if SHARED_SERVERS & set(getattr(item, "fixturenames", ())):
+        return "vllm-teachers"
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.values() if info is not None else ()
+    if any(d.scope == "module" for chain in defs for d in chain):
+        return item.module.__name__ if item.module is not None else None
+    return None
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marker into the node id's group suffix
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if SHARED_SERVERS & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("vllm-teachers"))
+        group = xdist_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 # --- a real vLLM server (CPU build in .venv-vllm) serving a tiny teacher trained here ------------------------
