@@ -95,12 +95,12 @@ def xdist_group(item: pytest.Item) -> str | None:
     return None
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marker into the node id's group suffix
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        group = xdist_group(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # at collection, before xdist's pytest_collection_modifyitems turns the marker into the node id's group
+    # suffix (a tryfirst modifyitems hook here still ran after it)
+    group = xdist_group(item)
+    if group is not None:
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 # --- a real vLLM server (CPU build in .venv-vllm) serving a tiny teacher trained here ------------------------
