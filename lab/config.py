@@ -32,7 +32,6 @@ class Generation(Strict):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_logprobs: int = Field(5, ge=1, le=19)
     max_new_tokens: int = Field(96, ge=8)
-    seed: int = 0  # the teacher's sampling seed (teacher.seed of the run's spec): a rerun samples the same
 
 
 class Variant(Strict):

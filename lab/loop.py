@@ -105,8 +105,7 @@ class Loop:
             "prompt": {"system": self.task.system_prompt},
             "teacher": {"backend": "openai", "model": "lab-teacher", "base_url": base_url,
                         "num_samples": g.num_samples, "temperature": g.temperature, "top_p": 1.0,
-                        "max_new_tokens": g.max_new_tokens, "top_logprobs": g.top_logprobs, "max_concurrency": 16,
-                        "seed": g.seed},
+                        "max_new_tokens": g.max_new_tokens, "top_logprobs": g.top_logprobs, "max_concurrency": 16},
             "verification": self.task.verification if data == "filtered" else "none",
             "dedupe": {"enabled": False},  # "12 + 34" and "12 + 43" are different problems
             "run": {"batch_size": 32},

@@ -72,8 +72,8 @@ class TeacherConfig(Strict):
     max_new_tokens: int = Field(8192, ge=1)
     # k+1 are asked of vLLM (its --max-logprobs defaults to 20) so that the sampled token never takes a top-k place
     top_logprobs: int | None = Field(None, ge=1, le=19)
-    # each request's sampling seed derives from this and its messages, so a rerun samples the same (a vLLM
-    # server's per-request generator, or torch's for transformers); None: unseeded
+    # backend transformers: each batch's sampling seed derives from this and its prompts, so a rerun samples the
+    # same; None: unseeded
     seed: int | None = None
     max_concurrency: int = Field(64, ge=1)
     timeout_s: float = Field(600.0, gt=0)
@@ -82,9 +82,12 @@ class TeacherConfig(Strict):
 
     @model_validator(mode="after")
     def _seed_needs_a_server(self) -> TeacherConfig:
-        if self.seed is not None and self.backend == "vllm":
-            raise ValueError("seed: the in-process vllm backend takes no seed; use backend openai (distill serve) "
-                             "or transformers")
+        if self.seed is not None and self.backend != "transformers":
+            # vLLM's CPU build crashes on a seeded request whose sampled token it discards (chunked prefill,
+            # preemption: "CPU Generator does not use offset"); a vLLM server is seeded at start (distill serve
+            # --seed), per request only in-process
+            raise ValueError("seed: only the transformers backend takes a per-request seed; seed a vLLM server "
+                             "with `distill serve --seed`")
         return self
 
     @field_validator("base_url")

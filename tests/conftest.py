@@ -200,8 +200,8 @@ def lab_spec(path: Path, teacher: Served | tuple[str, str], n_problems: int = 12
     source = write_jsonl(path.parent / f"{path.stem}-problems.jsonl", problems(n_problems, seed=seed))
     return write_spec(path, source, prompt={"system": SYSTEM_PROMPT}, dedupe={"enabled": False},
                       verification=verification,
-                      teacher={"model": name, "base_url": base_url, "max_new_tokens": 64, "seed": 0,
-                               **teacher_fields})  # seeded: a test's samples are the same on every run
+                      teacher={"model": name, "base_url": base_url, "max_new_tokens": 64,
+                               **teacher_fields})  # the served teacher is seeded (served(): distill serve --seed 0)
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> None:

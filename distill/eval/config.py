@@ -67,7 +67,7 @@ class EvalConfig(Strict):
     samples: int | None = Field(None, ge=1, le=1024)  # k; default: each set's own
     temperature: float | None = Field(None, ge=0.0, le=2.0)  # default: the set's (0.6)
     top_p: float | None = Field(None, gt=0.0, le=1.0)  # default: the set's (0.95)
-    seed: int | None = 0  # each request's sampling seed derives from it: a rerun samples the same (not backend vllm)
+    seed: int | None = 0  # in-process (transformers) models: the sampling seed (served: distill serve --seed)
     max_new_tokens: int | None = Field(None, ge=1)  # default: the set's
     limit: int | None = Field(None, ge=1)  # the first N problems of each set
     offline: bool = False  # use each set's shipped local copy instead of the Hub

@@ -101,7 +101,7 @@ def dataset_spec(plan: Plan, endpoint: Endpoint) -> DatasetSpec:
                     "temperature": plan.temperature, "top_p": plan.top_p, "max_new_tokens": plan.max_new_tokens,
                     "top_logprobs": 1 if plan.logprobs else None, "max_concurrency": model.max_concurrency,
                     "timeout_s": 3600.0, "trust_remote_code": model.trust_remote_code,
-                    "seed": plan.seed if endpoint.backend != "vllm" else None},
+                    "seed": plan.seed if endpoint.backend == "transformers" else None},
         "verification": plan.eval_set.verification,
         "similarity": plan.eval_set.similarity.model_dump(),
         "run": {"batch_size": model.batch_size or (64 if endpoint.backend == "openai" else 8)},

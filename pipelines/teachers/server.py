@@ -6,9 +6,7 @@ tokens, and fails the whole batch on one error; this adapter keeps all of them p
 
 from __future__ import annotations
 
-import json
 import logging
-import zlib
 from typing import Any
 
 from distilabel.models.llms.base import AsyncLLM
@@ -59,15 +57,10 @@ class VLLMServerLLM(AsyncLLM):
         temperature: float = 0.6,
         top_p: float = 0.95,
         top_logprobs: int | None = None,
-        seed: int | None = None,
     ) -> dict[str, Any]:
         """One request with ``n=num_generations``; failures become per-sample errors, never exceptions."""
         kwargs: dict[str, Any] = dict(model=self.model, messages=input, n=num_generations,
                                       max_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-        if seed is not None:
-            # The request's own seed, from the spec's and the messages: the same prompt samples the same way
-            # whichever batch or replica it lands in, and two prompts do not share one random stream.
-            kwargs["seed"] = (seed + zlib.crc32(json.dumps(input, sort_keys=True).encode())) % 2**31
         extra_body: dict[str, Any] = {}
         if input and input[-1].get("role") == "assistant":
             # Continue the reply from its start (vLLM renders the chat up to the prefix, without a new turn).
