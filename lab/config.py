@@ -75,21 +75,26 @@ class Evaluation(Strict):
 
 class Arm(Strict):
     lmbda: float = Field(ge=0.0, le=1.0)  # the on-policy share of a round's rows
-    kd_alpha: float = Field(0.9, ge=0.0, le=1.0)  # the KD loss weight; cross-entropy on the row's tokens gets the rest
+    # the KD loss weight; cross-entropy on the row's tokens gets the rest (`distill onpolicy` refuses it when
+    # lmbda > 0: no cross-entropy on the student's own samples)
+    kd_alpha: float = Field(1.0, ge=0.0, le=1.0)
+    kd_beta: float | None = Field(None, ge=0.0, le=1.0)  # default: the recipe's kd_beta
+    reverse_kl: Literal["topk_tail", "sampled_token"] = "topk_tail"  # with kd_beta 1 (distill onpolicy's training)
 
 
 class OnPolicyArms(Strict):
     """After the students: `distill onpolicy` from the `start` variant's checkpoint, on-policy (lmbda 1: the
     student samples, the teacher scores its tokens) against off-policy (lmbda 0: the teacher's own KD traces), at
-    equal rounds and training steps."""
+    equal rounds and passes over each round's rows."""
 
     start: str = "sft"  # a variant name
-    rounds: int = Field(3, ge=1)
+    rounds: int = Field(8, ge=1)
     prompts_per_round: int = Field(100, ge=1)
     samples_per_prompt: int = Field(2, ge=1)
-    max_steps: int = Field(200, ge=1)
+    passes: float = Field(2.0, gt=0.0, le=2.0)  # epochs over a round's rows: the steps follow from the rows
+    max_steps: int | None = Field(None, ge=1)  # a cap on a round's steps
     learning_rate: float = Field(1e-3, ge=0.0)
-    kd_beta: float = Field(0.0, ge=0.0, le=1.0)
+    kd_beta: float = Field(1.0, ge=0.0, le=1.0)
     arms: dict[str, Arm] = {"onpolicy": Arm(lmbda=1.0), "offpolicy": Arm(lmbda=0.0)}
 
 

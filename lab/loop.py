@@ -274,8 +274,8 @@ class Loop:
         o = self.cfg.onpolicy
         assert o is not None
         seeds = self.cfg.students.seeds
-        self.stage(6, f"on-policy vs off-policy KD, {o.rounds} rounds of {o.max_steps} steps from the "
-                      f"{o.start} student: " + ", ".join(o.arms))
+        self.stage(6, f"on-policy vs off-policy KD, {o.rounds} rounds of {o.passes:g} passes over fresh rows from "
+                      f"the {o.start} student: " + ", ".join(o.arms))
         histories: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for seed in seeds:
             for arm, spec in o.arms.items():
@@ -288,12 +288,14 @@ class Loop:
                                        "samples_per_prompt": o.samples_per_prompt,
                                        "temperature": 1.0, "max_new_tokens": self.cfg.generation.max_new_tokens,
                                        "max_model_len": 1024},
-                          "training": {"cpu": True, "max_steps": o.max_steps, "learning_rate": o.learning_rate,
-                                       "kd_beta": o.kd_beta, "kd_alpha": spec.kd_alpha,
+                          "training": {"cpu": True, "passes": o.passes, "max_steps": o.max_steps,
+                                       "learning_rate": o.learning_rate,
+                                       "kd_beta": o.kd_beta if spec.kd_beta is None else spec.kd_beta,
+                                       "reverse_kl": spec.reverse_kl, "kd_alpha": spec.kd_alpha,
                                        "top_k": self.cfg.generation.top_logprobs,
                                        "max_seq_len": 512,
                                        "overrides": {"micro_batch_size": self.cfg.students.micro_batch_size,
-                                                     "lr_scheduler": "cosine", "warmup_steps": 10}},
+                                                     "lr_scheduler": "constant"}},  # short rounds: no decay
                           "evaluation": {"set": str(self.out / "eval-set.yaml"),
                                          "samples": self.cfg.evaluation.num_samples,
                                          "temperature": self.cfg.evaluation.temperature},

@@ -28,6 +28,7 @@ from distill.axolotl.kd_align import (
 from distill.axolotl.kd_plugin.rules import DATASET_TYPE as KD_DATASET_TYPE
 from distill.axolotl.kd_plugin.rules import PLUGIN as KD_PLUGIN
 from distill.axolotl.kd_plugin.rules import kd_config_problem
+from distill.kd.score import Scored
 from pipelines.spec import SpecError
 
 
@@ -77,13 +78,20 @@ def test_generation_targets_only_when_provably_the_students_tokens() -> None:
 
 def test_scored_targets_cover_every_position() -> None:
     turn = StudentTurn([1, 2, 10, 11, 99, 50], content_start=2, content_end=4)
-    scores = [None] + [[(t, -0.1), (t + 1, -2.0)] for t in [2, 10, 11, 99, 50]]  # position i: the top before i
+    # position i: the top before i, and the teacher's log-probability of token i (here outside the top at i = 3)
+    scores = [None] + [Scored([(t, -0.1), (t + 1, -2.0)], -7.0 if i == 3 else -0.1)
+                       for i, t in enumerate([2, 10, 11, 99, 50], start=1)]
     targets = targets_from_scores(turn, scores, k=3, vocab_size=200)
     assert [parse_token_id(p[0]["token"]) for p in targets.logprobs] == [10, 11, 99, 50, 50]
     assert targets.logprobs[3][:2] == [{"token": "token_id:50", "logprob": -0.1},
                                        {"token": "token_id:51", "logprob": -2.0}]
     assert targets.logprobs[0][2]["logprob"] == FILLER_LOGPROB  # short lists are padded to k
     assert targets.source == "scored"
+    # target p is over token p + 1: its log-probability is scores[p + 1]'s; after the last token 0 (masked)
+    assert targets.token_logprobs == [-0.1, -7.0, -0.1, -0.1, 0.0]
+    columns = axolotl_columns(targets)
+    assert columns["target_token_logprob"] == targets.token_logprobs
+    assert len(columns["target_token_logprob"]) == len(columns["logprobs"])
     with pytest.raises(KDFormatError, match="scored positions"):
         targets_from_scores(turn, scores[:-1], k=3, vocab_size=200)
 

@@ -19,8 +19,15 @@ import yaml
 
 from distill.axolotl.configs import METHODS, TEMPLATES_DIR, loss_for_kd_beta, write_configs
 from distill.axolotl.export import read_manifest
-from distill.axolotl.kd_plugin.loss import divergence, fused_topk_tail_loss, topk_tail_logprobs, topk_tail_loss
-from distill.axolotl.kd_plugin.rules import DATASET_TYPE, PLUGIN, kd_config_problem
+from distill.axolotl.kd_plugin.loss import (
+    divergence,
+    fused_topk_tail_loss,
+    sampled_reverse_kl,
+    sampled_token_loss,
+    topk_tail_logprobs,
+    topk_tail_loss,
+)
+from distill.axolotl.kd_plugin.rules import DATASET_TYPE, PLUGIN, SAMPLED_TOKEN_MASK, kd_config_problem
 from pipelines.spec import SpecError
 
 torch.set_num_threads(1)
@@ -353,3 +360,118 @@ def test_ids_outside_the_vocabulary_are_not_counted() -> None:
     with_bad = topk_tail_loss(logits + 1, bad, torch.cat([logprobs, torch.tensor([[-2.0]])], -1),
                               torch.ones_like(bad))
     assert torch.allclose(with_bad, topk_tail_loss(logits + 1, ids, logprobs, torch.ones_like(ids)))
+
+
+# --- reverse_sampled: the sampled-token estimate of KL(student || teacher) (on-policy rows)
+
+def with_sampled_entry(ids: torch.Tensor, logprobs: torch.Tensor, sampled: torch.Tensor,
+                       teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The target lists as the factory's dataset type prepares them for reverse_sampled: the k top entries (mask 1)
+    plus the sampled token and the teacher's log-probability of it (mask 2)."""
+    teacher_token = torch.log_softmax(teacher_logits, -1).gather(1, sampled[:, None])
+    mask = torch.cat([torch.ones_like(ids), torch.full_like(sampled[:, None], SAMPLED_TOKEN_MASK)], -1)
+    return torch.cat([ids, sampled[:, None]], -1), torch.cat([logprobs, teacher_token], -1), mask
+
+
+def test_sampled_estimate_has_the_reverse_kl_as_expectation_value_and_gradient() -> None:
+    """Over every token x weighted by the student's q(x) (the exact expectation over x ~ q), the estimate's value is
+    the full-vocabulary KL(q || p) and its gradient is KL's gradient, at any k of the stored top-k lists."""
+    torch.manual_seed(7)
+    n, vocab, k = 3, 12, 4
+    teacher_logits = 2 * torch.randn(n, vocab)
+    student = (2 * torch.randn(n, vocab)).requires_grad_()
+    ids, logprobs = teacher_topk(teacher_logits, k)
+    q = torch.softmax(student.detach().double(), -1)
+    value = torch.zeros(n, dtype=torch.double)
+    grad = torch.zeros(n, vocab, dtype=torch.double)
+    for x in range(vocab):  # E_{x ~ q}[.] = sum_x q(x) [.]
+        sampled = torch.full((n,), x)
+        student.grad = None
+        per_position = topk_tail_loss(student, *with_sampled_entry(ids, logprobs, sampled, teacher_logits),
+                                      "reverse_sampled")
+        per_position.sum().backward()
+        value += q[:, x] * per_position.detach().double()
+        grad += q[:, x, None] * student.grad.double()
+    reference_student = student.detach().double().requires_grad_()
+    reference = full_reference(reference_student, teacher_logits, "reverse", 0.5)
+    reference.sum().backward()
+    assert torch.allclose(value, reference.detach(), atol=1e-5), (value, reference)
+    assert torch.allclose(grad, reference_student.grad, atol=1e-5)
+
+
+def test_sampled_estimate_with_the_teacher_as_its_own_student_is_zero() -> None:
+    torch.manual_seed(8)
+    logits = (3 * torch.randn(16, 64)).requires_grad_()
+    ids, logprobs = teacher_topk(logits.detach(), 5)
+    sampled = torch.distributions.Categorical(logits=logits.detach()).sample()
+    loss = topk_tail_loss(logits, *with_sampled_entry(ids, logprobs, sampled, logits.detach()), "reverse_sampled")
+    loss.sum().backward()
+    assert loss.abs().max() < 1e-5 and logits.grad.abs().max() < 1e-5
+
+
+def test_sampled_estimate_lowers_a_token_the_teacher_finds_unlikely() -> None:
+    """The advantage log p(x) - log q(x): a sampled token the student over-rates is pushed down, one it under-rates
+    up; the top-k + tail losses ignore the sampled entry (mask 2), and the estimate ignores the top-k entries."""
+    student = torch.zeros(2, 6, requires_grad=True)  # uniform: log q = -log 6 everywhere
+    teacher_logits = torch.tensor([[5.0, 0, 0, 0, 0, -5.0], [5.0, 0, 0, 0, 0, -5.0]])
+    ids, logprobs = teacher_topk(teacher_logits, 2)
+    sampled = torch.tensor([5, 0])  # the teacher's least likely token, then its most likely one
+    targets = with_sampled_entry(ids, logprobs, sampled, teacher_logits)
+    topk_tail_loss(student, *targets, "reverse_sampled").sum().backward()
+    assert student.grad[0, 5] > 0 and student.grad[1, 0] < 0  # gradient descent: row 0's x down, row 1's x up
+    for kind, beta in KINDS:
+        with_entry = topk_tail_loss(student, *targets, kind, beta)  # type: ignore[arg-type]
+        assert torch.allclose(with_entry, topk_tail_loss(student, ids, logprobs, torch.ones_like(ids), kind, beta))  # type: ignore[arg-type]
+    # no marked entry at a position (masked, or a row without target_token_logprob): no loss there
+    assert (sampled_token_loss(student, ids, logprobs, torch.ones_like(ids)) == 0).all()
+
+
+def test_sampled_reverse_kl_value_and_gradient_by_hand() -> None:
+    log_q = torch.tensor([-0.5, -3.0], requires_grad=True)
+    log_p = torch.tensor([-2.0, -1.0])
+    value = sampled_reverse_kl(log_q, log_p)
+    value.sum().backward()
+    assert torch.allclose(value, torch.tensor([1.5, -2.0])) and torch.allclose(log_q.grad, torch.tensor([1.5, -2.0]))
+
+
+def test_fused_loss_with_reverse_sampled_and_no_cross_entropy() -> None:
+    """Through the hidden states as the trainer calls it: kd_ce_alpha 0 computes no cross-entropy (its sum is 0),
+    and the KD sum is the per-position estimate at the marked entries."""
+    torch.manual_seed(9)
+    batch, seq, dim, vocab, k = 2, 6, 8, 20, 3
+    hidden = torch.randn(batch, seq, dim, requires_grad=True)
+    weight = torch.randn(vocab, dim)
+    teacher_logits = 2 * torch.randn(batch * seq, vocab)
+    ids, logprobs = teacher_topk(teacher_logits, k)
+    sampled = torch.randint(0, vocab, (batch * seq,))
+    ids, logprobs, mask = with_sampled_entry(ids, logprobs, sampled, teacher_logits)
+    mask[:4] = 0  # the prompt
+    shape = (batch, seq, k + 1)
+    labels = torch.randint(0, vocab, (batch, seq))
+    total, kd, ce = fused_topk_tail_loss(weight, hidden, ids.reshape(shape), logprobs.reshape(shape),
+                                         mask.reshape(shape), labels, kd_weight=1.0, ce_weight=0.0,
+                                         kind="reverse_sampled", chunk_size=5)
+    total.backward()
+    plain = sampled_token_loss(hidden.detach().reshape(-1, dim) @ weight.T, ids, logprobs, mask).sum()
+    assert ce.item() == 0.0 and torch.allclose(kd, plain, atol=1e-5) and torch.allclose(total, plain, atol=1e-5)
+    assert hidden.grad[0, :4].abs().sum() == 0 and hidden.grad[0, 4:].abs().sum() > 0
+
+
+def test_rules_for_reverse_sampled() -> None:
+    good = {**yaml.safe_load((TEMPLATES_DIR / METHODS["kd"]).read_text()), "kd_divergence": "reverse_sampled",
+            "kd_alpha": 1.0, "kd_ce_alpha": 0.0}
+    assert kd_config_problem(good) is None
+    assert kd_config_problem({**good, "kd_ce_alpha": 0.1}).startswith(
+        "kd_ce_alpha: 0.1 with kd_divergence: reverse_sampled puts a cross-entropy on the student's own samples")
+    online = yaml.safe_load((TEMPLATES_DIR / METHODS["kd-online"]).read_text())
+    problem = kd_config_problem({**online, "kd_divergence": "reverse_sampled", "kd_ce_alpha": 0.0})
+    assert problem and problem.startswith("kd_divergence: reverse_sampled reads the teacher's log-probability")
+    config = _render_sampled()
+    assert config["kd_divergence"] == "reverse_sampled" and "kd_jsd_beta" not in config
+
+
+def _render_sampled() -> dict[str, Any]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return _render(Path(tmp), loss="reverse_sampled", overrides={"kd_alpha": 1.0, "kd_ce_alpha": 0.0})

@@ -101,11 +101,13 @@ def export_kd(dataset: Path, out: Path, student: Path, *extra: Any, check: bool 
 
 def check_targets_against_forward_pass(export_dir: Path, teacher_dir: Path) -> dict[str, int]:
     """Every exported target (the teacher's scored ones; a generation row's up to its end of turn) equals a direct
-    forward pass of the teacher on the student's exact ids: same top-k ids, logprobs within 1e-3."""
+    forward pass of the teacher on the student's exact ids: same top-k ids, logprobs within 1e-3; and a scored
+    row's ``target_token_logprob`` is the forward pass's log-probability of the token that follows, within 1e-3
+    (``outside_top_k`` counts those tokens the top k does not hold: what only this field carries)."""
     from distill.axolotl.kd_align import student_turn
 
     _, tokenizer = teacher_model(teacher_dir)
-    counts = {"rows": 0, "positions": 0}
+    counts = {"rows": 0, "positions": 0, "token_logprobs": 0, "outside_top_k": 0}
     for record in pd.read_parquet(export_dir / "train.parquet").to_dict("records"):
         turn = student_turn(tokenizer, [dict(m) for m in record["messages"]])
         ids = turn.input_ids
@@ -119,6 +121,12 @@ def check_targets_against_forward_pass(export_dir: Path, teacher_dir: Path) -> d
             assert_top_k_equal(reference[position], list(token_ids), list(logprobs),
                                f"{record['problem_id']}/{record['sample_index']} position {position}")
             counts["positions"] += 1
+            if record["kd_targets"] == "scored":  # the teacher's log-probability of the token that follows
+                expected = reference[position][ids[position + 1]].item()
+                stored = record["target_token_logprob"][j]
+                assert abs(stored - expected) < 1e-3, f"{record['problem_id']} position {position}: {stored} {expected}"
+                counts["token_logprobs"] += 1
+                counts["outside_top_k"] += ids[position + 1] not in {int(i) for i in token_ids}
         counts["rows"] += 1
     return counts
 

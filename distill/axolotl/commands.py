@@ -78,7 +78,9 @@ def config(
     qat: bool = typer.Option(False, help="Quantization-aware training: int8 activations + int4 weights (torchao "
                                          "fake quantization); export with `distill export-model --quantize int4`."),
     loss: Optional[str] = typer.Option(None, help="kd: forward | reverse | jsd, over the teacher's top k plus a tail "
-                                                  "bucket (the factory's KD plugin; default: the template's)."),
+                                                  "bucket (the factory's KD plugin; default: the template's); "
+                                                  "reverse_sampled: the sampled token's reverse-KL estimate, for "
+                                                  "the student's own samples (distill onpolicy)."),
     beta: Optional[float] = typer.Option(None, help="kd --loss jsd: the teacher's weight in the mixture, in (0, 1) "
                                                     "(default 0.5)."),
 ) -> None:

@@ -194,8 +194,9 @@ def stage_values(method: str, manifest: dict[str, Any], export_dir: Path, studen
 
 
 def loss_values(template_config: dict[str, Any], loss: str | None, beta: float | None) -> dict[str, Any]:
-    """``--loss forward|reverse|jsd`` and ``--beta`` (JSD's teacher weight) as config keys of the factory's KD
-    plugin (distill/axolotl/kd_plugin): the divergence over the teacher's top k plus a tail bucket."""
+    """``--loss forward|reverse|jsd|reverse_sampled`` and ``--beta`` (JSD's teacher weight) as config keys of the
+    factory's KD plugin (distill/axolotl/kd_plugin): the divergence over the teacher's top k plus a tail bucket, or
+    the sampled token's reverse-KL estimate."""
     if loss is None and beta is None:
         return {}
     if PLUGIN not in (template_config.get("plugins") or []):

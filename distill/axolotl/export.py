@@ -3,7 +3,8 @@
 ``sft``: ``messages`` (system / user / assistant ``<thought>…</thought>\\n\\nanswer``), trained with
 ``type: chat_template`` on the assistant turn only. ``kd``: the same plus ``logprobs`` and ``target_token_ids``,
 the teacher's top-k distributions at every position of the student's exact tokens (see ``kd_align``): from a
-teacher scoring pass when a scorer is given, else from the run's own logprobs where they provably belong to
+teacher scoring pass when a scorer is given (which also writes ``target_token_logprob``, the teacher's
+log-probability of each following token), else from the run's own logprobs where they provably belong to
 those tokens. Read by ``type: distill.axolotl.kd_plugin.chat_template`` (raw, for the factory's KD plugin) or
 Axolotl's ``axolotl.integrations.kd.chat_template`` (renormalised). Rows that cannot be used are dropped and
 counted by reason in ``export.json``, which ``distill config`` reads; it also records the distribution
@@ -222,6 +223,8 @@ def export_dataset(dataset_dir: Path, out_dir: Path, options: ExportOptions,
         manifest["kd"] = {
             "targets": {"scored": sources["scored"], "generation": sources["generation"]},
             "scorer": scorer.description if scorer is not None else None,
+            # rows with `target_token_logprob` (the teacher's log-probability of each following token): scored rows
+            "target_token_logprob": sum("target_token_logprob" in r for r in records),
             # what the stored log-probabilities are: the teacher's raw distribution (temperature 1), k most likely
             "distribution": {"logprobs": "raw", "temperature": 1.0, "top_k": top_k,
                              "tokenizer_sha256": tokenizer_sha256(tokenizer)},

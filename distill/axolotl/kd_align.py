@@ -13,7 +13,9 @@ Targets are right by construction: target p is the teacher's top-k distribution 
 tokens ``ids[:p+1]``. Two ways to get them:
 
 * ``scored`` (``targets_from_scores``): a teacher scoring pass over the student's final ids (see
-  ``distill/kd/score.py``); every position, the template's trailing tokens included, is the teacher's.
+  ``distill/kd/score.py``); every position, the template's trailing tokens included, is the teacher's. It also
+  keeps, per position, the teacher's log-probability of the token that follows (``target_token_logprob``): on the
+  student's own samples, the signal of the sampled-token reverse-KL estimate (the plugin's ``reverse_sampled``).
 * ``generation`` (``targets_from_generation``): the run's own top-k lists, only when the teacher's prompt ids
   and sampled ids are provably the student's sequence (same prompt tokens, content tokens and end-of-turn
   token). The tokens the template adds after the end of turn were never scored by the teacher: they get a
@@ -27,7 +29,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distill.kd.score import Scored
 
 TOKEN_ID_PREFIX = "token_id:"
 # A "never" logprob that stays finite: JSON has no -inf, and exp(-100) is a clean zero after renormalising.
@@ -53,6 +58,8 @@ class StudentTurn:
 class KDTargets:
     logprobs: list[list[Entry]]  # one top-k list per position from content_start - 1 to the last token
     source: str  # "scored" | "generation"
+    # per position, the teacher's log-probability of the token that follows (ids[p + 1]); scored targets only
+    token_logprobs: list[float] | None = None
 
 
 def encode_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> list[int]:
@@ -107,24 +114,26 @@ def top_k_entries(entries: Sequence[dict[str, Any]], k: int, vocab_size: int) ->
     return out
 
 
-def targets_from_scores(turn: StudentTurn, scores: Sequence[Sequence[tuple[int, float]] | None], k: int,
-                        vocab_size: int) -> KDTargets:
-    """Targets from a scoring pass over ``turn.input_ids`` (``scores[i]``: the top k before token i)."""
+def targets_from_scores(turn: StudentTurn, scores: Sequence[Scored | None], k: int, vocab_size: int) -> KDTargets:
+    """Targets from a scoring pass over ``turn.input_ids`` (``scores[i]``: the top k before token i and the
+    teacher's log-probability of token i)."""
     ids = turn.input_ids
     if len(scores) != len(ids):
         raise KDFormatError(f"{len(scores)} scored positions for {len(ids)} tokens")
-    targets = []
+    targets, token_logprobs = [], []
     for position in range(turn.content_start - 1, len(ids)):
         nxt = position + 1
         if nxt >= len(ids):  # after the last token: masked by Axolotl (the template's last label is -100)
             targets.append(one_hot(ids[-1], k))
+            token_logprobs.append(0.0)
             continue
-        top = scores[nxt]
-        if not top:
+        scored = scores[nxt]
+        if not scored or not scored.top:
             raise KDFormatError(f"no teacher distribution at position {nxt}")
-        targets.append(top_k_entries([{"token": f"{TOKEN_ID_PREFIX}{t}", "logprob": v} for t, v in top], k,
+        targets.append(top_k_entries([{"token": f"{TOKEN_ID_PREFIX}{t}", "logprob": v} for t, v in scored.top], k,
                                      vocab_size))
-    return KDTargets(targets, "scored")
+        token_logprobs.append(float(scored.token_logprob))
+    return KDTargets(targets, "scored", token_logprobs)
 
 
 def targets_from_generation(turn: StudentTurn, prompt_ids: Sequence[int] | None, tokens: Sequence[str],
@@ -144,11 +153,16 @@ def targets_from_generation(turn: StudentTurn, prompt_ids: Sequence[int] | None,
     return KDTargets(targets, "generation")
 
 
-def axolotl_columns(targets: KDTargets) -> dict[str, list[list[Any]]]:
+def axolotl_columns(targets: KDTargets) -> dict[str, list[Any]]:
     """The two columns ``axolotl.integrations.kd.chat_template`` reads (Axolotl 0.19's loader, ``load``):
     ``logprobs`` (per position k floats) and ``target_token_ids`` (per position the k ids). The
     ``{"token": "token_id:<id>", "logprob"}`` lists are what the older ``load_legacy`` read; 0.19 cannot reach
-    that loader from a config's ``type``, so the export splits them."""
-    return {"logprobs": [[entry["logprob"] for entry in position] for position in targets.logprobs],
-            "target_token_ids": [[parse_token_id(entry["token"]) for entry in position]
-                                 for position in targets.logprobs]}
+    that loader from a config's ``type``, so the export splits them. Scored targets add
+    ``target_token_logprob`` (per position one float: the teacher's log-probability of the token that follows),
+    which the factory's dataset type reads for ``kd_divergence: reverse_sampled``."""
+    columns = {"logprobs": [[entry["logprob"] for entry in position] for position in targets.logprobs],
+               "target_token_ids": [[parse_token_id(entry["token"]) for entry in position]
+                                    for position in targets.logprobs]}
+    if targets.token_logprobs is not None:  # one float per position, aligned with the lists above
+        columns["target_token_logprob"] = list(targets.token_logprobs)
+    return columns

@@ -91,4 +91,9 @@ def drop_stale_prepared(config: Path, cwd: Path | None = None) -> Path | None:
 
 def losses(output: str) -> list[float]:
     """Per-step training losses from Axolotl's log lines."""
-    return [float(v) for v in re.findall(r"'loss': '?([-+0-9.eEinfa]+)'?", output)]
+    return logged(output, "loss")
+
+
+def logged(output: str, key: str) -> list[float]:
+    """Every value Axolotl's log lines give for ``key`` (e.g. the KD plugin's ``kd_term`` and ``ce_term``)."""
+    return [float(v) for v in re.findall(rf"'{re.escape(key)}': '?([-+0-9.eEinfa]+)'?", output)]

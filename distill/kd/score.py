@@ -1,21 +1,32 @@
-"""Teacher scoring pass: the teacher's top-k log-probabilities at every position of given token ids.
+"""Teacher scoring pass: the teacher's top-k log-probabilities at every position of given token ids, and its
+log-probability of the token that is there.
 
 One prefill per sequence, no generation. Position i of a scored sequence holds the teacher's k most likely
-next tokens after ``ids[:i]`` (the distribution the token ``ids[i]`` was drawn from); position 0 has none.
-The log-probabilities are raw (temperature 1): a forward pass's log-softmax in-process, and vLLM's default
-``logprobs-mode`` over HTTP (``POST /v1/completions`` with the ids as the prompt, ``max_tokens: 1`` and
-``prompt_logprobs: k``, which answers the actual token plus the top k per position; the k highest are kept).
+next tokens after ``ids[:i]`` (the distribution the token ``ids[i]`` was drawn from) and log p(ids[i] | ids[:i]),
+the signal of the sampled-token reverse-KL estimate (on-policy distillation: ``ids[i]`` is the student's own
+token, often outside the teacher's top k); position 0 has none. The log-probabilities are raw (temperature 1):
+a forward pass's log-softmax in-process, and vLLM's default ``logprobs-mode`` over HTTP (``POST /v1/completions``
+with the ids as the prompt, ``max_tokens: 1`` and ``prompt_logprobs: k``, which answers the actual token plus the
+top k per position; the k highest are the top k, the actual token's entry is its log-probability).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from pipelines.spec import SpecError
 
 TopK = list[tuple[int, float]]  # (token id, logprob), most likely first
+
+
+class Scored(NamedTuple):
+    """One position of a scored sequence: the teacher's top k there, and its log-probability of the sequence's own
+    token at that position (in the top k or not)."""
+
+    top: TopK
+    token_logprob: float
 
 
 class Scorer(Protocol):
@@ -24,8 +35,8 @@ class Scorer(Protocol):
     def tokenize(self, text: str) -> list[int]:
         """The teacher's own token ids for a text (to check that it shares the student's vocabulary)."""
 
-    def score(self, sequences: Sequence[Sequence[int]], k: int) -> list[list[TopK | None]]:
-        """Per sequence, per position, the teacher's top k (None at position 0)."""
+    def score(self, sequences: Sequence[Sequence[int]], k: int) -> list[list[Scored | None]]:
+        """Per sequence, per position, the teacher's top k and the token's log-probability (None at position 0)."""
 
 
 class TransformersScorer:
@@ -47,11 +58,11 @@ class TransformersScorer:
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def score(self, sequences: Sequence[Sequence[int]], k: int) -> list[list[TopK | None]]:
+    def score(self, sequences: Sequence[Sequence[int]], k: int) -> list[list[Scored | None]]:
         import torch
 
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-        results: list[list[TopK | None]] = [[] for _ in sequences]
+        results: list[list[Scored | None]] = [[] for _ in sequences]
         start = 0
         while start < len(order):
             end = start + 1
@@ -63,12 +74,16 @@ class TransformersScorer:
             mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch], device=self.device)
             with torch.no_grad():
                 logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
-            top = logits.log_softmax(-1).topk(k, dim=-1)
+            logprobs = logits.log_softmax(-1)
+            top = logprobs.topk(k, dim=-1)
             values, indices = top.values.tolist(), top.indices.tolist()
+            # the log-probability of each sequence's own next token (ids[p + 1] at row p; padding gathers id 0)
+            following = torch.cat([ids[:, 1:], torch.zeros_like(ids[:, :1])], 1)
+            own = logprobs.gather(-1, following[..., None])[..., 0].tolist()
             for row, index in enumerate(order[start:end]):
                 n = len(sequences[index])
                 # logits at p predict token p+1: shift so that position i holds the distribution of ids[i]
-                results[index] = [None] + [list(zip(indices[row][p], values[row][p], strict=True))
+                results[index] = [None] + [Scored(list(zip(indices[row][p], values[row][p], strict=True)), own[row][p])
                                            for p in range(n - 1)]
             start = end
         return results
@@ -89,7 +104,7 @@ class VLLMScorer:
         self.timeout_s = timeout_s
         self.description = f"vLLM prompt_logprobs of {model}"
 
-    def _one(self, ids: Sequence[int], k: int) -> list[TopK | None]:
+    def _one(self, ids: Sequence[int], k: int) -> list[Scored | None]:
         import requests
 
         body = {"model": self.model, "prompt": list(ids), "max_tokens": 1, "prompt_logprobs": k, "temperature": 0.0}
@@ -105,16 +120,21 @@ class VLLMScorer:
         if not positions or len(positions) != len(ids):
             raise SpecError(f"--teacher-url: {self.url} returned no prompt_logprobs for {len(ids)} tokens; "
                             "is it a vLLM server?")
-        out: list[TopK | None] = []
-        for entry in positions:
+        out: list[Scored | None] = []
+        for position, entry in enumerate(positions):
             if entry is None:
                 out.append(None)
                 continue
+            actual = entry.get(str(ids[position]))
+            if actual is None:
+                raise SpecError(f"--teacher-url: {self.url} left the actual token out of prompt_logprobs at position "
+                                f"{position}; is it a vLLM server?")
             ranked = sorted(((int(t), float(v["logprob"])) for t, v in entry.items()), key=lambda e: -e[1])
-            out.append(ranked[:k])  # the actual token is listed too when it is outside the top k
+            # the actual token is listed too when it is outside the top k: the k highest are the top k
+            out.append(Scored(ranked[:k], float(actual["logprob"])))
         return out
 
-    def score(self, sequences: Sequence[Sequence[int]], k: int) -> list[list[TopK | None]]:
+    def score(self, sequences: Sequence[Sequence[int]], k: int) -> list[list[Scored | None]]:
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
             return list(pool.map(lambda ids: self._one(ids, k), sequences))
 

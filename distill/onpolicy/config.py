@@ -32,14 +32,25 @@ class Sampling(Strict):
 
 
 class Training(Strict):
-    """The round's `axolotl train` (KD from the current checkpoint), rendered from an axolotl_configs template."""
+    """The round's `axolotl train` (KD from the current checkpoint), rendered from an axolotl_configs template.
+
+    Fresh samples: a round trains ``passes`` times over its rows (at most 2), so the optimizer steps are derived
+    from the rows (ceil(passes x rows / (micro_batch_size x gradient_accumulation_steps))); ``max_steps`` only
+    caps them. Many short rounds then replace a few long ones (GKD and the Thinking Machines recipe sample afresh
+    every step)."""
 
     template: str = "kd-qwen2.5-1.5b.yaml"
-    max_steps: int = Field(200, ge=1)
+    passes: float = Field(1.0, gt=0.0, le=2.0)  # epochs over the round's rows
+    max_steps: int | None = Field(None, ge=1)  # an upper bound on the derived steps
     learning_rate: float = Field(1e-5, ge=0.0)
     micro_batch_size: int | None = Field(None, ge=1)
-    kd_beta: float = Field(0.0, ge=0.0, le=1.0)  # 0 forward KL(teacher || student), 1 reverse (GKD's beta)
-    kd_alpha: float = Field(0.9, ge=0.0, le=1.0)  # the cross-entropy on the student's own tokens gets 1 - kd_alpha
+    kd_beta: float = Field(1.0, ge=0.0, le=1.0)  # GKD's beta: 0 forward KL(teacher || student), 1 reverse, JSD between
+    # with kd_beta 1: topk_tail (reverse KL over the teacher's top k + a tail bucket, every position) or
+    # sampled_token (the per-token estimate from the sampled token's teacher log-probability: kd_divergence
+    # reverse_sampled)
+    reverse_kl: Literal["topk_tail", "sampled_token"] = "topk_tail"
+    # the KD weight; 1 - kd_alpha would be a cross-entropy on the rows' tokens, refused on the student's own samples
+    kd_alpha: float = Field(1.0, ge=0.0, le=1.0)
     top_k: int = Field(20, ge=1, le=20)
     max_seq_len: int = Field(4096, ge=16)
     cpu: bool = False  # the float32 CPU profile (`distill config --smoke` with these steps): tests and the lab
@@ -88,4 +99,34 @@ def load_onpolicy_config(path: Path, overrides: dict[str, Any] | None = None) ->
     if cfg.lmbda < 1.0 and not cfg.offpolicy:
         raise SpecError(f"{path.name}: offpolicy: lmbda {cfg.lmbda} < 1 mixes in off-policy rows; give a "
                         "`distill export --format kd` folder (or set lmbda: 1.0)")
+    problem = recipe_problem(cfg)
+    if problem:
+        raise SpecError(f"{path.name}: {problem}")
     return cfg
+
+
+def recipe_problem(cfg: OnPolicyConfig) -> str | None:
+    """What the on-policy recipe refuses, as one line naming the key: a cross-entropy on the student's own samples
+    (it raises the probability of whatever the student sampled, its mistakes included), and the sampled-token
+    estimate on rows the student did not sample."""
+    t = cfg.training
+    if cfg.lmbda > 0:
+        if t.kd_alpha != 1.0:
+            return (f"training.kd_alpha: {t.kd_alpha} puts a cross-entropy (weight {round(1 - t.kd_alpha, 6)}) on the "
+                    "student's own samples, raising whatever it sampled; set 1.0 (the KD loss alone)")
+        for key in ("kd_ce_alpha", "kd_alpha"):
+            value = t.overrides.get(key)
+            if value is not None and value != (0 if key == "kd_ce_alpha" else 1):
+                return (f"training.overrides.{key}: {value} puts a cross-entropy on the student's own samples; "
+                        "remove it (on-policy rounds train kd_alpha 1, kd_ce_alpha 0)")
+    if "max_steps" in t.overrides:
+        return ("training.overrides.max_steps: the steps are derived from the round's rows (training.passes); "
+                "use training.passes, or training.max_steps as a cap")
+    if t.reverse_kl == "sampled_token":
+        if t.kd_beta != 1.0:
+            return (f"training.reverse_kl: sampled_token is the reverse KL (kd_beta 1), not kd_beta {t.kd_beta}; "
+                    "set kd_beta: 1.0 or reverse_kl: topk_tail")
+        if cfg.lmbda < 1.0:
+            return (f"training.reverse_kl: sampled_token with lmbda {cfg.lmbda}: the off-policy rows are the teacher's "
+                    "samples, on which the estimate is not the reverse KL; use topk_tail or lmbda 1.0")
+    return None

@@ -8,8 +8,11 @@ Round r (files in ``<out>/round-r/``, each step skipped when its output is compl
    generation) into a KD dataset with the alignment code of ``distill export --format kd``.
 3. ``data/``: with ``lmbda`` < 1, rows of an off-policy KD export are mixed in (GKD's lambda is the on-policy
    share); else the round's own rows.
-4. ``model/``: ``axolotl train`` KD from the current checkpoint (``kd_beta`` 0 forward KL, 1 reverse, in between
-   JSD, each over the teacher's top k plus a tail bucket: the factory's KD plugin).
+4. ``model/``: ``axolotl train`` KD from the current checkpoint with the factory's KD plugin: ``kd_beta`` 1
+   (default) reverse KL over the teacher's top k plus a tail bucket, or with ``reverse_kl: sampled_token`` the
+   per-token estimate from the sampled token's teacher log-probability; 0 forward KL, in between JSD. No
+   cross-entropy on the student's own tokens (``kd_ce_alpha`` 0), and ``passes`` (<= 2) over the round's rows:
+   the steps are derived from the rows, so the student trains on fresh samples.
 5. ``eval/``: ``distill eval`` of the new checkpoint (round 0 evaluates the starting one).
 ``<out>/rounds.json`` and ``rounds.png`` hold pass@1 per round and the teacher/student tokens spent.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -95,6 +99,13 @@ def mix_offpolicy(export_dir: Path | None, offpolicy: Path, lmbda: float, out_di
     return mixed
 
 
+def round_steps(rows: int, passes: float, micro_batch_size: int, gradient_accumulation_steps: int,
+                cap: int | None = None) -> int:
+    """Optimizer steps for ``passes`` over ``rows`` at this batch (one process), at least 1, at most ``cap``."""
+    steps = max(1, math.ceil(passes * rows / (micro_batch_size * gradient_accumulation_steps)))
+    return min(steps, cap) if cap else steps
+
+
 def token_counts(export_dir: Path) -> dict[str, int]:
     """Tokens the teacher scored (whole sequences, one prefill each) and the student generated."""
     from distill.axolotl.export import read_manifest
@@ -156,33 +167,52 @@ class Rounds:
             mix_offpolicy(kd, Path(self.cfg.offpolicy), self.cfg.lmbda, data, self.cfg.seed + r, checkpoint)
         return data
 
-    def train(self, r: int, checkpoint: str, data: Path, folder: Path) -> str:
+    def train(self, r: int, checkpoint: str, data: Path, folder: Path) -> tuple[str, int]:
+        """``axolotl train`` KD from ``checkpoint`` on the round's rows; returns the new checkpoint and its steps."""
+        import yaml
+
         from distill.axolotl.configs import loss_for_kd_beta, write_configs
         from distill.axolotl.export import read_manifest
-        from distill.axolotl.train import losses, run_axolotl
+        from distill.axolotl.train import logged, losses, run_axolotl
 
         t = self.cfg.training
-        overrides: dict[str, Any] = {"max_steps": t.max_steps, "learning_rate": t.learning_rate,
-                                     "kd_alpha": t.kd_alpha,
+        manifest = read_manifest(data)
+        overrides: dict[str, Any] = {"learning_rate": t.learning_rate, "kd_alpha": t.kd_alpha,
                                      "kd_ce_alpha": round(1 - t.kd_alpha, 6), "num_epochs": 1000,
                                      "seed": self.cfg.seed + r, **t.overrides}
         if t.micro_batch_size:
             overrides["micro_batch_size"] = t.micro_batch_size
-        (config,) = write_configs("kd", data, read_manifest(data), checkpoint, folder / "kd.yaml",
-                                  template=t.template, output_dir=folder / "model", prepared_dir=folder / "prepared",
-                                  overrides=overrides, smoke=t.cpu, **loss_for_kd_beta(t.kd_beta))
+        loss = {"loss": "reverse_sampled"} if t.reverse_kl == "sampled_token" else loss_for_kd_beta(t.kd_beta)
+
+        def render(steps: int) -> Path:
+            (path,) = write_configs("kd", data, manifest, checkpoint, folder / "kd.yaml", template=t.template,
+                                    output_dir=folder / "model", prepared_dir=folder / "prepared",
+                                    overrides={**overrides, "max_steps": steps}, smoke=t.cpu, **loss)
+            return path
+
+        # the rendered config's batch (template, CPU profile and overrides together) gives the steps for the passes
+        rendered = yaml.safe_load(render(1).read_text())
+        steps = round_steps(manifest["rows"], t.passes, int(rendered.get("micro_batch_size") or 1),
+                            int(rendered.get("gradient_accumulation_steps") or 1), t.max_steps)
+        config = render(steps)
         model = folder / "model"
         digest = hashlib.sha256(config.read_bytes() + (data / "train.parquet").read_bytes()).hexdigest()
         marker = model / DONE
         if marker.exists() and json.loads(marker.read_text()).get("sha256") == digest:
             self.echo(f"  round {r}: checkpoint done ({model})")
-            return str(model)
-        self.echo(f"  round {r}: axolotl train KD from {checkpoint}, {t.max_steps} steps (kd_beta {t.kd_beta})")
-        steps = losses(run_axolotl("train", config, log=folder / "train.log"))
-        marker.write_text(json.dumps({"sha256": digest, "losses": steps}) + "\n")
-        if steps:
-            self.echo(f"    KD loss {steps[0]:.4f} -> {steps[-1]:.4f}")
-        return str(model)
+            return str(model), steps
+        divergence = yaml.safe_load(config.read_text()).get("kd_divergence")
+        self.echo(f"  round {r}: axolotl train KD from {checkpoint}, {steps} steps ({t.passes:g} passes over "
+                  f"{manifest['rows']} rows, kd_divergence {divergence}, no cross-entropy on the student's tokens)"
+                  if self.cfg.lmbda > 0 else
+                  f"  round {r}: axolotl train KD from {checkpoint}, {steps} steps (kd_divergence {divergence})")
+        output = run_axolotl("train", config, log=folder / "train.log")
+        steps_loss = losses(output)
+        marker.write_text(json.dumps({"sha256": digest, "losses": steps_loss, "kd_term": logged(output, "kd_term"),
+                                      "ce_term": logged(output, "ce_term")}) + "\n")
+        if steps_loss:
+            self.echo(f"    KD loss {steps_loss[0]:.4f} -> {steps_loss[-1]:.4f}")
+        return str(model), steps
 
     def evaluate(self, r: int, checkpoint: str) -> dict[str, Any] | None:
         from distill.eval.config import EvalConfig, ModelConfig
@@ -221,8 +251,9 @@ class Rounds:
             else:
                 stats = self.sample(r, checkpoint, folder)
                 data = self.grade(r, checkpoint, folder)
-            checkpoint = self.train(r, checkpoint, data, folder)
-            history.append({"round": r, "checkpoint": checkpoint, "student_samples": stats["samples"],
+            checkpoint, steps = self.train(r, checkpoint, data, folder)
+            history.append({"round": r, "checkpoint": checkpoint, "train_steps": steps,
+                            "student_samples": stats["samples"],
                             "student_tokens": (stats.get("tokens") or {}).get("completion_total"), **token_counts(data),
                             "mix": json.loads((data / "export.json").read_text()).get("mix"),
                             **(self.evaluate(r, checkpoint) or {})})

@@ -6,8 +6,15 @@ The student is coarse-grained the same way: its full-softmax probability of each
 outcomes forward KL, reverse KL and the generalized JSD(beta) of GKD are true divergences: >= 0, 0 only when the
 student matches the teacher on the k ids and on the tail mass, and exact when the k ids cover the vocabulary.
 Axolotl 0.19's top-k loss instead drops the tail (reverse KL and JSD are then no divergences) or renormalises the
-student over the k ids (no gradient to the other ids). Pure torch: the Axolotl trainer (trainer.py) calls
-``fused_topk_tail_loss``; the tests call the same functions in the product's venv.
+student over the k ids (no gradient to the other ids).
+
+``reverse_sampled`` is the other way to get KL(student || teacher) on the student's own samples (the on-policy
+recipe of Thinking Machines, GKD with beta = 1): per position only the sampled token x, whose teacher
+log-probability the scoring pass kept, with the per-token advantage log p(x) - log q(x) as in a policy gradient.
+Its value is log q(x) - log p(x) and its gradient (log q(x) - log p(x)) grad log q(x): over x ~ q both have the
+full-vocabulary reverse KL's value and gradient as expectation (no top-k coarse-graining; one sample's variance).
+Pure torch: the Axolotl trainer (trainer.py) calls ``fused_topk_tail_loss``; the tests call the same functions
+in the product's venv.
 """
 
 from __future__ import annotations
@@ -19,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from distill.axolotl.kd_plugin.rules import DIVERGENCES
+from distill.axolotl.kd_plugin.rules import DIVERGENCES, SAMPLED, SAMPLED_TOKEN_MASK
 
-Divergence = Literal["forward", "reverse", "jsd"]
+Divergence = Literal["forward", "reverse", "jsd", "reverse_sampled"]
 # The teacher's tail is floored at this probability (when the k ids do not cover the vocabulary): raw top-k
 # log-probabilities rounded in float32 can sum to >= 1, and reverse KL is infinite against a zero tail.
 TAIL_FLOOR = 1e-6
@@ -49,7 +56,8 @@ def topk_tail_logprobs(student_logits: torch.Tensor, token_ids: torch.Tensor, te
     logits = student_logits.float()
     n, vocab = logits.shape
     teacher = teacher_logprobs.float()
-    valid = mask.bool() & torch.isfinite(teacher) & (teacher > -1e8) & (token_ids >= 0) & (token_ids < vocab)
+    # mask 1: a top-k entry (the sampled token's own entry, mask 2, is not one of the k outcomes)
+    valid = (mask == 1) & torch.isfinite(teacher) & (teacher > -1e8) & (token_ids >= 0) & (token_ids < vocab)
     ids = torch.where(valid, token_ids.long(), torch.zeros_like(token_ids, dtype=torch.long))
     in_block = torch.zeros(n, vocab, dtype=torch.bool, device=logits.device)
     rows = torch.arange(n, device=logits.device)[:, None].expand_as(ids)
@@ -93,10 +101,37 @@ def divergence(log_p: torch.Tensor, log_q: torch.Tensor, present: torch.Tensor, 
     raise ValueError(f"divergence: {kind!r} is not one of {', '.join(DIVERGENCES)}")
 
 
+def sampled_reverse_kl(student_token_logprob: torch.Tensor, teacher_token_logprob: torch.Tensor) -> torch.Tensor:
+    """The sampled-token estimate of KL(q || p) per position: value log q(x) - log p(x), gradient
+    (log q(x) - log p(x)) * grad log q(x) (REINFORCE with the advantage log p(x) - log q(x), held fixed). With x
+    drawn from q, the expectation of both is the reverse KL's value and gradient at that position."""
+    ratio = (student_token_logprob - teacher_token_logprob).detach()
+    return ratio + ratio * (student_token_logprob - student_token_logprob.detach())
+
+
+def sampled_token_loss(student_logits: torch.Tensor, token_ids: torch.Tensor, teacher_logprobs: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
+    """Per position [N] ``sampled_reverse_kl`` of the entry marked ``SAMPLED_TOKEN_MASK`` (the sampled token and the
+    teacher's log-probability of it); 0 where a position has none (masked, or not scored)."""
+    logits = student_logits.float()
+    vocab = logits.shape[-1]
+    teacher = teacher_logprobs.float()
+    marked = ((mask == SAMPLED_TOKEN_MASK) & torch.isfinite(teacher) & (teacher > -1e8) & (token_ids >= 0)
+              & (token_ids < vocab))
+    slot = marked.int().argmax(-1, keepdim=True)  # the marked entry (any one when none: then unused)
+    ids = token_ids.long().gather(1, slot).clamp(0, vocab - 1)
+    student = (logits.gather(1, ids) - torch.logsumexp(logits, -1, keepdim=True))[:, 0]
+    estimate = sampled_reverse_kl(student, teacher.gather(1, slot)[:, 0])
+    return torch.where(marked.any(-1), estimate, torch.zeros_like(estimate))
+
+
 def topk_tail_loss(student_logits: torch.Tensor, token_ids: torch.Tensor, teacher_logprobs: torch.Tensor,
                    mask: torch.Tensor, kind: Divergence = "forward", beta: float = 0.5,
                    tail_floor: float = TAIL_FLOOR) -> torch.Tensor:
-    """Per position [N] top-k + tail divergence; 0 at positions without a counted entry (masked)."""
+    """Per position [N] top-k + tail divergence (or with ``reverse_sampled`` the sampled-token estimate); 0 at
+    positions without a counted entry (masked)."""
+    if kind == SAMPLED:
+        return sampled_token_loss(student_logits, token_ids, teacher_logprobs, mask)
     log_p, log_q, present = topk_tail_logprobs(student_logits, token_ids, teacher_logprobs, mask, tail_floor)
     per_position = divergence(log_p, log_q, present, kind, beta)
     return torch.where(present[:, :-1].any(-1), per_position, torch.zeros_like(per_position))
@@ -104,9 +139,11 @@ def topk_tail_loss(student_logits: torch.Tensor, token_ids: torch.Tensor, teache
 
 def _chunk_losses(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, token_ids: torch.Tensor,
                   teacher_logprobs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, kind: str,
-                  beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+                  beta: float, with_ce: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     logits = F.linear(hidden, weight, bias).float()
     kd = topk_tail_loss(logits, token_ids, teacher_logprobs, mask, kind, beta).sum()  # type: ignore[arg-type]
+    if not with_ce:  # kd_ce_alpha 0: not computed, so the logged term is exactly 0
+        return kd, logits[:0].sum()
     ce = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
     return kd, ce
 
@@ -133,9 +170,9 @@ def fused_topk_tail_loss(lm_head_weight: torch.Tensor, hidden_states: torch.Tens
         part = index[start:start + chunk_size]
         args = (hidden[part], lm_head_weight, lm_head_bias, ids[part], teacher[part], keep_mask[part], shifted[part])
         if torch.is_grad_enabled() and (hidden.requires_grad or lm_head_weight.requires_grad):
-            kd, ce = checkpoint(_chunk_losses, *args, kind, beta, use_reentrant=False)
+            kd, ce = checkpoint(_chunk_losses, *args, kind, beta, ce_weight != 0, use_reentrant=False)
         else:
-            kd, ce = _chunk_losses(*args, kind, beta)
+            kd, ce = _chunk_losses(*args, kind, beta, ce_weight != 0)
         kd_sum = kd_sum + kd
         ce_sum = ce_sum + ce
     return kd_weight * kd_sum + ce_weight * ce_sum, kd_sum.detach(), ce_sum.detach()

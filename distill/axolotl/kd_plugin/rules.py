@@ -10,7 +10,14 @@ from typing import Any
 PLUGIN = "distill.axolotl.kd_plugin.plugin.TopKTailKDPlugin"
 DATASET_TYPE = "distill.axolotl.kd_plugin.chat_template"
 AXOLOTL_PLUGINS = ("axolotl.integrations.kd.KDPlugin", "kd.KDPlugin")
-DIVERGENCES = ("forward", "reverse", "jsd")
+DIVERGENCES = ("forward", "reverse", "jsd", "reverse_sampled")
+# reverse_sampled: the per-token estimate of KL(student || teacher) from the sampled token alone (on-policy rows)
+SAMPLED = "reverse_sampled"
+# The export's column of the teacher's log-probability of each following token (scored targets only)
+TOKEN_LOGPROB_FIELD = "target_token_logprob"
+# In the prepared rows, the sampled token rides as one more entry of each position's target lists, marked by this
+# target_mask value (the top-k entries have 1): Axolotl's collators pad and pack the lists as they are
+SAMPLED_TOKEN_MASK = 2
 
 
 def kd_config_problem(config: dict[str, Any]) -> str | None:
@@ -48,6 +55,13 @@ def kd_config_problem(config: dict[str, Any]) -> str | None:
         return f"kd_jsd_beta: {jsd_beta} with kd_divergence: jsd; give the mixture weight of the teacher in (0, 1)"
     if divergence != "jsd" and jsd_beta is not None:
         return f"kd_jsd_beta: {jsd_beta} is only read with kd_divergence: jsd; remove it or use jsd"
+    if divergence == SAMPLED:
+        if config.get("kd_online_server_base_url"):
+            return (f"kd_divergence: {SAMPLED} reads the teacher's log-probability of each sampled token from the "
+                    "export (target_token_logprob); the online collator has none: use reverse, or offline KD")
+        if (config.get("kd_ce_alpha") or 0) != 0:
+            return (f"kd_ce_alpha: {config['kd_ce_alpha']} with kd_divergence: {SAMPLED} puts a cross-entropy on the "
+                    "student's own samples (it raises whatever the student sampled); set kd_ce_alpha: 0")
     if config.get("kd_temperature") not in (None, 1, 1.0):
         return (f"kd_temperature: {config['kd_temperature']}: the top-k + tail loss compares the raw (T = 1) "
                 "distributions, and the teacher's tail at another temperature is unknown from its top k; set 1.0")
