@@ -176,7 +176,6 @@ def _written(out: Path) -> set[str]:
     return {pid for part in _parts(out) for pid in pd.read_parquet(part)["problem_id"]}
 
 
-@pytest.mark.xfail(reason='KNOWN REGRESSION (open, closing note): since the run plan, a Ray run resumed after SIGTERM fails with "got an unexpected keyword argument \'description\'"', strict=False)  # noqa: E501
 def test_ray_run_stopped_by_sigterm_then_by_a_killed_worker_node_resumes_every_problem_exactly_once(
         runs, cluster, tmp_path):
     source = problems_file(tmp_path / "problems.jsonl", 40)  # the same problems as `runs`

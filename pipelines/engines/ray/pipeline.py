@@ -65,10 +65,13 @@ class FactoryRayPipeline(FactoryPipelineMixin, RayPipeline):
     log_handler: logging.Handler | None = None
     verbose = False
 
-    def __init__(self, name: str, cache_dir: Any, address: str | None = None,
+    def __init__(self, name: str, cache_dir: Any = None, address: str | None = None,
                  actor_options: dict[str, dict[str, Any]] | None = None, local_cpus: int = 2,
-                 fence: threading.Event | None = None) -> None:
-        super().__init__(name=name, cache_dir=cache_dir)
+                 fence: threading.Event | None = None, description: str | None = None,
+                 requirements: list[str] | None = None) -> None:
+        # description/requirements: distilabel's ``from_dict`` rebuilds the cached pipeline.yaml on a resume as
+        # ``cls(name=, description=, requirements=)``, only for its DAG (``_refresh_pipeline_from_cache``)
+        super().__init__(name=name, cache_dir=cache_dir, description=description, requirements=requirements)
         self.address = address
         self.actor_options = actor_options or {}
         self.local_cpus = local_cpus
