@@ -145,6 +145,28 @@ def wait_for_total(browser: object, want: int, timeout: float = 30) -> None:
     raise AssertionError(f"the page shows {last} samples, not {want}, after {timeout:.0f} s")
 
 
+def click_and_wait(browser: object, element: object) -> None:
+    """Click a link or the filter button, and wait until the new page replaced the old one.
+
+    Without the wait, an element could be found on the old page just before it unloads, and reading it then raises
+    StaleElementReferenceException (seen under load in CI).
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(old))
+    WebDriverWait(browser, 30).until(lambda b: b.execute_script("return document.readyState") == "complete")
+
+
+def apply_filters(browser: object) -> None:
+    from selenium.webdriver.common.by import By
+
+    click_and_wait(browser, browser.find_element(By.ID, "apply"))
+
+
 def test_live_run_count_grows_while_it_writes(driver: object, run: RunWithView) -> None:
     from selenium.webdriver.common.by import By
 
@@ -161,7 +183,6 @@ def test_live_run_count_grows_while_it_writes(driver: object, run: RunWithView) 
     assert run.process.poll() is None  # the run is still writing (5 problems are held back)
 
 
-@pytest.mark.xfail(reason='KNOWN FLAKE (open, closing note): StaleElementReferenceException when the table refreshes under load', strict=False)  # noqa: E501
 def test_table_loads_and_a_filter_narrows_it(driver: object, viewer: str, run: RunWithView) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -174,7 +195,7 @@ def test_table_loads_and_a_filter_narrows_it(driver: object, viewer: str, run: R
     assert "What is 10+3?" in rows[0].text and "#0" in rows[0].text
 
     Select(driver.find_element(By.ID, "status")).select_by_visible_text("rejected")
-    driver.find_element(By.ID, "apply").click()
+    apply_filters(driver)
     rejected = int((~frame.kept).sum())
     assert 0 < rejected < len(frame)
     assert total(driver) == rejected and "status=rejected" in driver.current_url
@@ -182,7 +203,7 @@ def test_table_loads_and_a_filter_narrows_it(driver: object, viewer: str, run: R
     assert len(rows) == rejected and all("rejected" in r.get_attribute("class") for r in rows)
 
     driver.find_element(By.ID, "q").send_keys("The answer is")  # in the answers of the no-thought samples
-    driver.find_element(By.ID, "apply").click()
+    apply_filters(driver)
     assert total(driver) == int(frame.completion.str.contains("The answer is").sum()) > 0
 
     driver.get(viewer + "table?at=.&pass_min=abc")
@@ -195,7 +216,7 @@ def test_sample_page_shows_steps_coloured_by_score(driver: object, viewer: str, 
     frame = pd.read_parquet(run.out)
     scored = frame[frame.step_scores.notna()].sort_values(["problem_index", "sample_index"]).iloc[0]
     driver.get(viewer)
-    driver.find_elements(By.CSS_SELECTOR, "a.sample-link")[0].click()
+    click_and_wait(driver, driver.find_elements(By.CSS_SELECTOR, "a.sample-link")[0])
     assert driver.find_element(By.ID, "problem").text == scored.problem
     steps = driver.find_elements(By.CSS_SELECTOR, "#thought .step")
     assert len(steps) == 3 == len(scored.step_scores)
