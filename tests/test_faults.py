@@ -136,8 +136,10 @@ def _answer(messages: list[dict[str, str]], index: int) -> str:
     return ANSWER
 
 
-def _generate(teacher: LoopbackTeacher, prompt: str, max_retries: int, n: int = 2) -> dict:
-    llm = VLLMServerLLM(model="loopback-teacher", base_urls=[teacher.base_url], timeout=0.5,
+def _generate(teacher: LoopbackTeacher, prompt: str, max_retries: int, n: int = 2, timeout: float = 30.0) -> dict:
+    # A short client timeout only where the fault is a hang: on a loaded 2-core CI machine a healthy answer can take
+    # longer than half a second, and the timeout would count as one more attempt than the test planned.
+    llm = VLLMServerLLM(model="loopback-teacher", base_urls=[teacher.base_url], timeout=timeout,
                         max_retries=max_retries, max_concurrency=4)
     llm.load()
     return asyncio.run(llm.agenerate([{"role": "user", "content": prompt}], num_generations=n, max_new_tokens=64))
@@ -145,9 +147,9 @@ def _generate(teacher: LoopbackTeacher, prompt: str, max_retries: int, n: int = 
 
 @pytest.mark.parametrize("kind", TRANSIENT_KINDS)
 def test_each_transient_fault_is_retried_then_succeeds(kind: str):
-    plan = FaultPlan(script={"[m]": [kind, kind]}, retry_after_s=0.1, hang_s=5)
+    plan = FaultPlan(script={"[m]": [kind, kind]}, retry_after_s=0.1, hang_s=30)
     with LoopbackTeacher(_answer, faults=plan) as teacher:
-        out = _generate(teacher, f"3 + 4 [m] {kind}", max_retries=3)
+        out = _generate(teacher, f"3 + 4 [m] {kind}", max_retries=3, timeout=2.0 if kind == "hang" else 30.0)
         assert teacher.faults.injected == {kind: 2}
     assert [s["text"] for s in out["samples"]] == [ANSWER, ANSWER]
     assert [s["error"] for s in out["samples"]] == [None, None]

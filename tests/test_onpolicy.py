@@ -64,9 +64,12 @@ def test_a_round_end_to_end_resumes_after_sigterm(vllm_teacher: Served, tmp_path
     round_dir = tmp_path / "out" / "round-1"
     run = subprocess.Popen([*DISTILL, "onpolicy", str(config)], cwd=ROOT, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:  # stop it while the student's server samples (parts written, the round not done)
-        wait_for(lambda: any((round_dir / "samples" / ".cache" / "parts").glob("part-*.parquet")), 300,
-                 "the student's first samples")
+    # stop it once the student's server is up and its sampling sub-job starts (the sub-job's effective spec is
+    # written just before the child starts; its imports alone take seconds, so the round cannot be done). Waiting
+    # for the first part file instead raced: the 12 prompts' parts land in one burst, and on a loaded CI machine
+    # the sampling had finished before the signal arrived.
+    try:
+        wait_for(lambda: (round_dir / "samples.yaml").exists(), 300, "the student's sampling sub-job")
         os.kill(run.pid, signal.SIGTERM)
         output, _ = run.communicate(timeout=180)
     finally:
