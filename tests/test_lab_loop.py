@@ -44,7 +44,10 @@ def pass1(results: dict, model: str) -> float:
     return (run["clean"] or run["all"])["pass@1"]
 
 
-@pytest.mark.xfail(reason='KNOWN (open, issue 23): with the top-k + tail KD plugin and on-policy changes the KD student scored 0.50 < 0.6 once; the lab comparison is not run yet', strict=False)  # noqa: E501
+# The failing assert is the teacher's, not KD's: the demo teacher recipe (400 steps, corrupt 0.1) now scores 0.47-0.50
+# held-out pass@1 at T=0.6 (CI's run: 0.504; in-process probe: 0.47 over 100x4), against 69 % when docs/lab.md was
+# written; the same recipe at 800 steps scores 0.99. The recipe change waits for the issue 23 comparison.
+@pytest.mark.xfail(reason="KNOWN (open, issue 23): the 400-step demo teacher scores ~0.5 < 0.6 on today's stack (800 steps: 0.99); the recipe is re-chosen with the lab comparison", strict=False)  # noqa: E501
 def test_students_learn_from_the_factorys_traces(lab_run: Path) -> None:
     results = json.loads((lab_run / "eval" / "results.json").read_text())
     assert set(results["runs"]) == {"teacher", "untrained", "sft", "kd", "sft-prm"}
