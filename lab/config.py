@@ -96,6 +96,9 @@ class Evaluation(Strict):
     num_samples: int = Field(4, ge=1)
     temperature: float = Field(0.6, ge=0.0, le=2.0)
     levels: list[int] | None = None  # default: the teacher's
+    # problems per generate() call of an in-process student (`distill eval`'s batch_size; None: its default, 8):
+    # a tiny model on CPU is per-step overhead bound, so larger batches are several times faster
+    batch_size: int | None = Field(None, ge=1)
 
 
 class Diagnostic(Strict):

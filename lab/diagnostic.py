@@ -94,7 +94,9 @@ def diagnose(models: dict[str, Path], export_file: Path, k: int, out: Path) -> d
     export's traces; written to ``out`` (JSON) and returned."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model otherwise
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     first = next(iter(models.values()))
     tokenizer = AutoTokenizer.from_pretrained(first)

@@ -394,9 +394,11 @@ class Loop:
             diagnostic_rows = self.diagnostic_set(base_url, held_out, next(iter(inits.values()))) \
                 if self.cfg.diagnostic else None
             trained = self.train(exports, inits)
-            models = {"teacher": base_url, **{model_name("untrained", seed, len(inits)): f"{path},backend=transformers"
+            batch = self.cfg.evaluation.batch_size
+            local = ",backend=transformers" + (f",batch_size={batch}" if batch else "")
+            models = {"teacher": base_url, **{model_name("untrained", seed, len(inits)): f"{path}{local}"
                                               for seed, path in inits.items()},
-                      **{name: f"{path},backend=transformers" for name, path in trained.items()}}
+                      **{name: f"{path}{local}" for name, path in trained.items()}}
             results_dir = self.evaluate(held_out, models)
             onpolicy = self.onpolicy(base_url, trained, exports) if self.cfg.onpolicy else ""
         results = json.loads((results_dir / "results.json").read_text())

@@ -142,6 +142,23 @@ def test_random_subset_has_the_prm_sets_size_and_is_seeded(tmp_path: Path) -> No
         random_subset(traces, 21, 0, tmp_path / "d")
 
 
+def test_the_loop_sizes_the_random_control_by_the_prm_filtered_set(tmp_path: Path) -> None:
+    from lab.loop import Loop
+    from pipelines.foreign import load_records
+
+    cfg = load_lab_config("prm", {"students.variants": [{"name": "sft-prm", "method": "sft", "data": "prm"},
+                                                        {"name": "sft-random", "method": "sft", "data": "random"}],
+                                  "students.random_subset_seed": 3})
+    traces = {"filtered": _traces(tmp_path / "filtered", [i % 3 != 0 for i in range(30)]),
+              "prm": _traces(tmp_path / "prm", [i % 3 == 1 for i in range(30)])}  # the PRM passed 10 of the 20
+    said: list[str] = []
+    out = Loop(cfg, tmp_path / "run", echo=said.append).random_control(traces)
+    drawn = [r for r in load_records(out) if r["kept"]]
+    assert out == tmp_path / "run" / "traces" / "random" and len(drawn) == 10
+    assert json.loads((out / "__meta__" / "random-subset.json").read_text())["seed"] == 3
+    assert "10 of 20 verified traces" in said[-1]
+
+
 @pytest.fixture(scope="module")
 def diagnostic_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(peaked teacher, random student, export jsonl): the teacher's top 5 on a few traces, written as
