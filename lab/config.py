@@ -39,11 +39,32 @@ class Variant(Strict):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     method: Literal["sft", "kd"] = "sft"
-    # unfiltered: every well-formed trace, wrong ones too; prm: the verified traces the lab's trained PRM passes
-    data: Literal["filtered", "unfiltered", "prm"] = "filtered"
+    # unfiltered: every well-formed trace, wrong ones too; prm: the verified traces the lab's trained PRM passes;
+    # random: a seeded random subset of the verified traces of the PRM-passed set's size (the PRM's control)
+    data: Literal["filtered", "unfiltered", "prm", "random"] = "filtered"
     curriculum: bool = False  # two stages (short traces of easy problems first), the same total steps
     kd_beta: float = Field(0.0, ge=0.0, le=1.0)  # 0 forward KL(teacher || student), 1 reverse, between: JSD(beta)
+    # method kd: topk_tail, the factory's plugin (the teacher's top k plus a tail bucket); axolotl_legacy,
+    # Axolotl's own forward KL renormalised over the top k (`kd_normalize_topk: true`): the KD the lab measured
+    # before the plugin, kept to reproduce that gap (`distill config kd --loss axolotl_legacy`)
+    loss: Literal["topk_tail", "axolotl_legacy"] = "topk_tail"
+    # method kd: the k of the teacher's targets (the export's scoring pass; vLLM answers at most 20);
+    # default generation.top_logprobs
+    top_k: int | None = Field(None, ge=1, le=20)
+    kd_alpha: float | None = Field(None, ge=0.0, le=1.0)  # method kd: default students.kd_alpha
     qat: bool = False  # quantization-aware training (`distill config --qat`): QAD with method kd
+
+    @model_validator(mode="after")
+    def _kd_keys(self) -> Variant:
+        if self.method != "kd":
+            for key, default in (("loss", "topk_tail"), ("top_k", None), ("kd_alpha", None), ("kd_beta", 0.0)):
+                if getattr(self, key) != default:
+                    raise ValueError(f"{key}: {getattr(self, key)!r} is a KD setting; variant {self.name!r} has "
+                                     "method sft")
+        if self.loss == "axolotl_legacy" and self.kd_beta != 0:
+            raise ValueError(f"kd_beta: {self.kd_beta} with loss axolotl_legacy; Axolotl's truncated reverse KL / "
+                             "JSD is not a divergence: reproduce only its forward KL (kd_beta 0)")
+        return self
 
 
 class StudentTraining(Strict):
@@ -57,6 +78,10 @@ class StudentTraining(Strict):
     kd_alpha: float = Field(0.9, ge=0.0, le=1.0)  # KD loss weight; the cross-entropy gets 1 - kd_alpha
     variants: list[Variant] = [Variant(name="sft", method="sft"), Variant(name="kd", method="kd")]
     seeds: list[int] = [0]  # each seed: the student init and Axolotl's data order
+    # the variant every other one is compared with, per seed (paired differences, lab/compare.py); when it is
+    # not a variant (and not set), there is no paired comparison
+    baseline: str = "sft"
+    random_subset_seed: int = 0  # data: random draws its subset with this seed (one subset for every seed)
 
     @model_validator(mode="after")
     def _unique(self) -> StudentTraining:
@@ -71,6 +96,19 @@ class Evaluation(Strict):
     num_samples: int = Field(4, ge=1)
     temperature: float = Field(0.6, ge=0.0, le=2.0)
     levels: list[int] | None = None  # default: the teacher's
+    # problems per generate() call of an in-process student (`distill eval`'s batch_size; None: its default, 8):
+    # a tiny model on CPU is per-step overhead bound, so larger batches are several times faster
+    batch_size: int | None = Field(None, ge=1)
+
+
+class Diagnostic(Strict):
+    """Teacher-forced on the teacher's traces of held-out problems (generated once, `distill run` + a KD export
+    scored by the teacher): each student's probability mass on the teacher's top-k ids at every assistant
+    position, and its mass on digit tokens outside them (lab/diagnostic.py)."""
+
+    problems: int = Field(100, ge=1)  # the first n held-out problems (evaluation.problems or fewer)
+    num_samples: int = Field(1, ge=1)  # teacher traces per problem, at generation.temperature
+    top_k: int = Field(5, ge=1, le=20)
 
 
 class Arm(Strict):
@@ -131,6 +169,7 @@ class LabConfig(Strict):
     evaluation: Evaluation = Evaluation()
     onpolicy: OnPolicyArms | None = None
     prm: PrmRecipe | None = None
+    diagnostic: Diagnostic | None = None
     problems_seed: int = 0
 
     @model_validator(mode="after")
@@ -138,8 +177,13 @@ class LabConfig(Strict):
         names = [v.name for v in self.students.variants]
         if self.onpolicy and self.onpolicy.start not in names:
             raise ValueError(f"onpolicy.start: {self.onpolicy.start!r} is not a variant ({', '.join(names)})")
-        if self.prm is None and any(v.data == "prm" for v in self.students.variants):
-            raise ValueError("students.variants: data 'prm' needs a prm: section (the PRM that filters)")
+        for v in self.students.variants:
+            if self.prm is None and v.data in ("prm", "random"):
+                raise ValueError(f"students.variants: {v.name}: data {v.data!r} needs a prm: section (the PRM that "
+                                 "filters" + (", whose kept count sizes the random subset)" if v.data == "random"
+                                              else ")"))
+        if "baseline" in self.students.model_fields_set and self.students.baseline not in names:
+            raise ValueError(f"students.baseline: {self.students.baseline!r} is not a variant ({', '.join(names)})")
         if self.prm is not None and self.teacher.task != "addition":
             raise ValueError("prm: the lab knows the first wrong step of addition traces only (teacher.task)")
         return self
@@ -159,4 +203,6 @@ def load_lab_config(name_or_path: str | None, overrides: dict[str, Any] | None =
         return LabConfig.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise SpecError(f"{path.name}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        where = ".".join(map(str, first["loc"]))
+        raise SpecError(f"{path.name}: " + (f"{where}: " if where else "")
+                        + first["msg"].removeprefix("Value error, ")) from None

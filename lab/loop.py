@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
-from distill.axolotl.configs import loss_for_kd_beta
-from lab.config import LabConfig
+from distill.axolotl.configs import LEGACY_LOSS, loss_for_kd_beta
+from lab.config import LabConfig, Variant
 from lab.tasks import get_task, problems
 from pipelines.run.subjob import run_subjob
 from pipelines.spec import SpecError, load_spec
@@ -38,6 +38,7 @@ from pipelines.spec import SpecError, load_spec
 ROOT = Path(__file__).resolve().parents[1]
 DISTILL = [sys.executable, "-m", "distill.cli"]
 STAGES = 7
+ExportKey = tuple[str, str, bool, int | None]  # (method, data, curriculum, top k of the KD targets)
 # stage 1: problems the teacher solves at least half the time, traces no longer than the median
 CURRICULUM = ["--curriculum", "--stage1-min-pass-rate", "0.5", "--stage1-max-length-quantile", "0.5"]
 
@@ -95,7 +96,8 @@ class Loop:
             path.write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")
         return train, held_out
 
-    def spec(self, source: Path, base_url: str, data: str = "filtered") -> Path:
+    def spec(self, source: Path, base_url: str, data: str = "filtered", path: Path | None = None,
+             num_samples: int | None = None) -> Path:
         """The run's spec; ``unfiltered`` verifies nothing, so every well-formed trace is kept."""
         g = self.cfg.generation
         spec = {
@@ -104,13 +106,13 @@ class Loop:
             "source": {"path": str(source.resolve()), "problem_field": "question", "answer_field": "answer"},
             "prompt": {"system": self.task.system_prompt},
             "teacher": {"backend": "openai", "model": "lab-teacher", "base_url": base_url,
-                        "num_samples": g.num_samples, "temperature": g.temperature, "top_p": 1.0,
+                        "num_samples": num_samples or g.num_samples, "temperature": g.temperature, "top_p": 1.0,
                         "max_new_tokens": g.max_new_tokens, "top_logprobs": g.top_logprobs, "max_concurrency": 16},
             "verification": self.task.verification if data == "filtered" else "none",
             "dedupe": {"enabled": False},  # "12 + 34" and "12 + 43" are different problems
             "run": {"batch_size": 32},
         }
-        path = self.out / f"spec-{data}.yaml"
+        path = path or self.out / f"spec-{data}.yaml"
         path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
         return path
 
@@ -172,26 +174,36 @@ class Loop:
     def _distill_path(self, *args: Any) -> Path:
         return Path(self.distill(*args).strip().splitlines()[-1])
 
-    def export(self, traces: dict[str, Path], student: Path, base_url: str) -> dict[tuple[str, str, bool], Path]:
-        """One export per (method, data, curriculum) the variants need; KD targets come from a teacher scoring
-        pass on the student's exact tokens. The student here only lends its tokenizer (every init shares it)."""
+    def export_key(self, v: Variant) -> ExportKey:
+        """(method, data, curriculum, k): k is the KD targets' top k (None for SFT)."""
+        k = (v.top_k or self.cfg.generation.top_logprobs) if v.method == "kd" else None
+        return (v.method, v.data, v.curriculum, k)
+
+    def export(self, traces: dict[str, Path], student: Path, base_url: str) -> dict[ExportKey, Path]:
+        """One export per (method, data, curriculum, k) the variants need; KD targets come from a teacher scoring
+        pass on the student's exact tokens (top k up to 20: vLLM's prompt_logprobs answers the actual token on top
+        of the k). The student here only lends its tokenizer (every init shares it)."""
         self.stage(4, "export the kept traces: SFT messages, and KD targets scored by the teacher on the student's "
                       "exact tokens")
-        exports = {}
-        needed = [(v.method, v.data, v.curriculum) for v in self.cfg.students.variants]
+        exports: dict[ExportKey, Path] = {}
+        needed = [self.export_key(v) for v in self.cfg.students.variants]
         if self.cfg.onpolicy:  # the off-policy arm trains on the teacher's own traces, KD-scored
-            needed.append(("kd", "filtered", False))
-        for method, data, curriculum in needed:
-            if (method, data, curriculum) in exports:
+            needed.append(("kd", "filtered", False, self.cfg.generation.top_logprobs))
+        for key in needed:
+            method, data, curriculum, k = key
+            if key in exports:
                 continue
-            out = self.out / "exports" / "-".join([method, data] + (["curriculum"] if curriculum else []))
-            extra = ["--teacher-url", base_url, "--teacher-model", "lab-teacher"] if method == "kd" else []
+            name = [method, data] + (["curriculum"] if curriculum else []) + \
+                ([f"k{k}"] if k is not None and k != self.cfg.generation.top_logprobs else [])
+            out = self.out / "exports" / "-".join(name)
+            extra = ["--teacher-url", base_url, "--teacher-model", "lab-teacher", "--top-k", k] if method == "kd" \
+                else []
             self.distill("export", traces[data], "--format", method, "--student", student, "--max-seq-len", 512,
                          "--out", out, *extra, *(CURRICULUM if curriculum else []))
-            exports[(method, data, curriculum)] = out
+            exports[key] = out
         return exports
 
-    def train(self, exports: dict[tuple[str, str, bool], Path], inits: dict[int, Path]) -> dict[str, Path]:
+    def train(self, exports: dict[ExportKey, Path], inits: dict[int, Path]) -> dict[str, Path]:
         """Every variant from each seed's init, for the same number of steps; returns {model name: folder}."""
         s = self.cfg.students
         self.stage(5, f"train {len(s.variants)} student variant(s) x {len(s.seeds)} seed(s) with Axolotl, "
@@ -207,11 +219,13 @@ class Loop:
                              "seed": seed, "logging_steps": 50, "num_epochs": 1000}
                 loss: list[str] = []
                 if v.method == "kd":
-                    overrides |= {"kd_alpha": s.kd_alpha, "kd_ce_alpha": round(1 - s.kd_alpha, 6)}
-                    loss = [a for k, val in loss_for_kd_beta(v.kd_beta).items() for a in (f"--{k}", str(val))]
+                    alpha = s.kd_alpha if v.kd_alpha is None else v.kd_alpha
+                    overrides |= {"kd_alpha": alpha, "kd_ce_alpha": round(1 - alpha, 6)}
+                    loss = ["--loss", LEGACY_LOSS] if v.loss == "axolotl_legacy" else \
+                        [a for k, val in loss_for_kd_beta(v.kd_beta).items() for a in (f"--{k}", str(val))]
                 config = self.out / "configs" / f"{name}.yaml"
                 sets = [a for k, val in overrides.items() for a in ("--set", f"{k}={val}")] + loss
-                output = self.distill("config", v.method, "--dataset", exports[(v.method, v.data, v.curriculum)],
+                output = self.distill("config", v.method, "--dataset", exports[self.export_key(v)],
                                       "--student", inits[seed], "--out", config, "--output-dir",
                                       self.out / "students" / name, "--prepared-dir", self.out / "prepared" / name,
                                       "--smoke", *(["--qat"] if v.qat else []), *sets)
@@ -269,7 +283,7 @@ class Loop:
         path.write_text(yaml.safe_dump(eval_set, sort_keys=False), encoding="utf-8")
         return path
 
-    def onpolicy(self, base_url: str, trained: dict[str, Path], exports: dict[tuple[str, str, bool], Path]) -> str:
+    def onpolicy(self, base_url: str, trained: dict[str, Path], exports: dict[ExportKey, Path]) -> str:
         """`distill onpolicy` per arm and seed from the start variant's checkpoint; returns a markdown table."""
         o = self.cfg.onpolicy
         assert o is not None
@@ -283,7 +297,8 @@ class Loop:
                 config = {"name": f"lab-{arm}-s{seed}", "student": str(trained[model_name(o.start, seed, len(seeds))]),
                           "teacher": {"base_url": base_url, "model": "lab-teacher"},
                           "prompts": str(self.out / "spec-filtered.yaml"), "rounds": o.rounds, "lmbda": spec.lmbda,
-                          "offpolicy": str(exports[("kd", "filtered", False)]), "seed": seed,
+                          "offpolicy": str(exports[("kd", "filtered", False, self.cfg.generation.top_logprobs)]),
+                          "seed": seed,
                           "sampling": {"prompts_per_round": o.prompts_per_round,
                                        "samples_per_prompt": o.samples_per_prompt,
                                        "temperature": 1.0, "max_new_tokens": self.cfg.generation.max_new_tokens,
@@ -306,33 +321,116 @@ class Loop:
                 histories[(arm, seed)] = json.loads((out / "rounds.json").read_text())
         return onpolicy_table(histories, list(o.arms), seeds, self.out / "onpolicy" / "rounds.png")
 
+    def random_control(self, traces: dict[str, Path]) -> Path:
+        """``data: random``: as many verified traces as the PRM passed, drawn at random (the PRM's control)."""
+        from lab.prm_stage import random_subset
+        from pipelines.foreign import load_records
+
+        size = sum(1 for r in load_records(traces["prm"]) if r.get("kept"))
+        seed = self.cfg.students.random_subset_seed
+        self.stage(3, f"the PRM's control: {size} verified traces drawn at random (seed {seed})")
+        out = self.out / "traces" / "random"
+        report = random_subset(traces["filtered"], size, seed, out)
+        self.echo(f"    wrote {out}: {report['size']} of {report['verified']} verified traces")
+        return out
+
+    def diagnostic_set(self, base_url: str, held_out: Path, student: Path) -> Path:
+        """The teacher's traces on the first held-out problems (`distill run`, unverified), exported as KD rows
+        the teacher scored (its top k at every position, on the student tokenizer's ids): the diagnostic's
+        teacher-forced set, generated once."""
+        d = self.cfg.diagnostic
+        assert d is not None
+        self.stage(4, f"diagnostic set: the teacher's traces on {d.problems} held-out problems, scored top-{d.top_k}")
+        folder = self.out / "diagnostic"
+        folder.mkdir(parents=True, exist_ok=True)
+        source = folder / "problems.jsonl"
+        source.write_text("".join(held_out.read_text(encoding="utf-8").splitlines(keepends=True)[:d.problems]),
+                          encoding="utf-8")
+        spec = self.spec(source, base_url, "unfiltered", path=folder / "spec.yaml", num_samples=d.num_samples)
+        spec.write_text(spec.read_text(encoding="utf-8").replace(f"name: lab-{self.cfg.name}\n",
+                                                                 f"name: lab-{self.cfg.name}-diagnostic\n", 1),
+                        encoding="utf-8")
+        self.distill("run", spec, "--out", folder / "traces")
+        self.distill("export", folder / "traces", "--format", "kd", "--student", student, "--max-seq-len", 512,
+                     "--file-format", "jsonl", "--teacher-url", base_url, "--teacher-model", "lab-teacher",
+                     "--top-k", d.top_k, "--out", folder / "export")
+        return folder / "export" / "train.jsonl"
+
+    def diagnose(self, export_file: Path, teacher: Path, inits: dict[int, Path],
+                 trained: dict[str, Path]) -> dict[str, dict[str, float]]:
+        """lab/diagnostic.py on every model; returns per arm (and teacher, untrained) the mean over seeds."""
+        from lab.diagnostic import diagnose
+
+        d = self.cfg.diagnostic
+        assert d is not None
+        seeds = self.cfg.students.seeds
+        models = {"teacher": teacher, **{model_name("untrained", s, len(seeds)): p for s, p in inits.items()},
+                  **trained}
+        self.stage(6, f"diagnostic: {len(models)} models teacher-forced on {export_file}")
+        per_model = diagnose(models, export_file, d.top_k, self.out / "eval" / "diagnostic.json")
+        arms: dict[str, dict[str, float]] = {"teacher": per_model["teacher"]}
+        for arm in ["untrained", *(v.name for v in self.cfg.students.variants)]:
+            rows = [per_model[model_name(arm, s, len(seeds))] for s in seeds]
+            arms[arm] = {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}
+        return arms
+
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
         teacher = self.teacher()
         train, held_out = self.problem_files()
         variants = self.cfg.students.variants
         with self.served_teacher(teacher) as base_url:
-            generated = {v.data for v in variants} - {"prm"} | ({"filtered"} if self.cfg.prm else set())
+            generated = {v.data for v in variants} - {"prm", "random"} | ({"filtered"} if self.cfg.prm else set())
             traces = {data: self.generate(self.spec(train, base_url, data), data) for data in sorted(generated)}
             prm_summary = ""
             if self.cfg.prm:
                 from lab.prm_stage import PrmStage
 
                 traces["prm"], prm_summary = PrmStage(self, teacher).run(base_url, traces["filtered"])
+            if any(v.data == "random" for v in variants):
+                traces["random"] = self.random_control(traces)
             inits = {seed: self.student_init(teacher, seed) for seed in self.cfg.students.seeds}
             exports = self.export(traces, next(iter(inits.values())), base_url)
+            diagnostic_rows = self.diagnostic_set(base_url, held_out, next(iter(inits.values()))) \
+                if self.cfg.diagnostic else None
             trained = self.train(exports, inits)
-            models = {"teacher": base_url, **{model_name("untrained", seed, len(inits)): f"{path},backend=transformers"
+            batch = self.cfg.evaluation.batch_size
+            local = ",backend=transformers" + (f",batch_size={batch}" if batch else "")
+            models = {"teacher": base_url, **{model_name("untrained", seed, len(inits)): f"{path}{local}"
                                               for seed, path in inits.items()},
-                      **{name: f"{path},backend=transformers" for name, path in trained.items()}}
+                      **{name: f"{path}{local}" for name, path in trained.items()}}
             results_dir = self.evaluate(held_out, models)
             onpolicy = self.onpolicy(base_url, trained, exports) if self.cfg.onpolicy else ""
         results = json.loads((results_dir / "results.json").read_text())
-        summary = summarize(results, self.cfg) + prm_summary + onpolicy
+        diagnostics = self.diagnose(diagnostic_rows, teacher, inits, trained) if diagnostic_rows else None
+        summary = summarize(results, self.cfg) + self.comparison(results, results_dir, diagnostics) \
+            + prm_summary + onpolicy
         (results_dir / "lab-summary.md").write_text(summary, encoding="utf-8")
         self.stage(7, f"results: {results_dir}/report.md, plots in {results_dir}/plots, summary below")
         self.echo(summary)
         return results
+
+
+    def comparison(self, results: dict[str, Any], results_dir: Path,
+                   diagnostics: dict[str, dict[str, float]] | None) -> str:
+        """The paired comparison to the baseline variant (lab/compare.py), with 2 seeds or more."""
+        from lab.compare import write_comparison
+
+        s = self.cfg.students
+        if len(s.seeds) < 2 or s.baseline not in {v.name for v in s.variants}:
+            return ""
+        pass1 = {v.name: {seed: value for seed in s.seeds
+                          if (value := pass_at_1(results, model_name(v.name, seed, len(s.seeds)))) is not None}
+                 for v in s.variants}
+        return write_comparison({arm: values for arm, values in pass1.items() if values}, s.baseline, results_dir,
+                                diagnostics)
+
+
+def pass_at_1(results: dict[str, Any], model: str) -> float | None:
+    """A model's held-out pass@1 in ``distill eval``'s results (the clean head when there is one)."""
+    (set_name,) = results["sets"]
+    run = results["runs"].get(model, {}).get(set_name)
+    return None if run is None else (run["clean"] or run["all"]).get("pass@1")
 
 
 def _export_digest(config: Path) -> bytes:

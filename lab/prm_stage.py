@@ -166,3 +166,38 @@ def filter_report(traces: Path, filtered: Path) -> str:
             if removed and bad_before else
             f"PRM filter: of {len(before)} verified traces ({bad_before} with a wrong step), it removed "
             f"{len(removed)}.")
+
+
+def random_subset(traces: Path, size: int, seed: int, out: Path) -> dict[str, Any]:
+    """The PRM filter's control: ``size`` of the verified (kept) traces of ``traces`` drawn at random with
+    ``seed``, written as a dataset folder of the same layout (every row, ``kept`` true only on the drawn ones,
+    ``__meta__`` copied), so that `distill export` reads it as it reads the PRM's. Returns what it drew."""
+    import random
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.store import meta_dir, write_text_atomic
+
+    shards = sorted(traces.glob("data-*.parquet"))
+    table = pa.concat_tables([pq.read_table(s) for s in shards], promote_options="default")
+    kept = [i for i, k in enumerate(table.column("kept").to_pylist()) if k]
+    if not 0 < size <= len(kept):
+        raise ValueError(f"random subset: size {size} of {len(kept)} verified traces")
+    drawn = set(random.Random(seed).sample(kept, size))
+    table = table.set_column(table.column_names.index("kept"), "kept",
+                             pa.array([i in drawn for i in range(table.num_rows)], pa.bool_()))
+    out.mkdir(parents=True, exist_ok=True)
+    meta_dir(out).mkdir(exist_ok=True)
+    for old in out.glob("data-*.parquet"):
+        old.unlink()
+    tmp = out / ".data-00000.tmp"
+    pq.write_table(table, tmp)
+    tmp.replace(out / "data-00000-of-00001.parquet")
+    for name in ("spec.yaml", "stats.json"):
+        if (meta_dir(traces) / name).is_file():
+            shutil.copyfile(meta_dir(traces) / name, meta_dir(out) / name)
+    report = {"source": str(traces), "verified": len(kept), "size": size, "seed": seed}
+    write_text_atomic(meta_dir(out) / "random-subset.json", json.dumps(report, indent=2) + "\n")
+    return report

@@ -80,7 +80,10 @@ def config(
     loss: Optional[str] = typer.Option(None, help="kd: forward | reverse | jsd, over the teacher's top k plus a tail "
                                                   "bucket (the factory's KD plugin; default: the template's); "
                                                   "reverse_sampled: the sampled token's reverse-KL estimate, for "
-                                                  "the student's own samples (distill onpolicy)."),
+                                                  "the student's own samples (distill onpolicy); "
+                                                  "axolotl_legacy: Axolotl's own forward KL renormalised over the "
+                                                  "top k (no gradient outside it), only to reproduce old "
+                                                  "measurements."),
     beta: Optional[float] = typer.Option(None, help="kd --loss jsd: the teacher's weight in the mixture, in (0, 1) "
                                                     "(default 0.5)."),
 ) -> None:

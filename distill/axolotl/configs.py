@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from distill.axolotl.kd_plugin.rules import DIVERGENCES, PLUGIN, kd_config_problem
+from distill.axolotl.kd_plugin.rules import AXOLOTL_PLUGINS, DIVERGENCES, PLUGIN, kd_config_problem
 from pipelines.spec import SpecError
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "axolotl_configs"
@@ -37,6 +37,14 @@ QAT: dict[str, Any] = {"qat": {"activation_dtype": "int8", "weight_dtype": "int4
 # stepwise_supervised keys Axolotl 0.19 drops (its schema matches the entry as an SFTDataset) and what it uses instead
 STEPWISE_DROPPED: dict[str, Any] = {"step_separator": "\n", "train_on_last_step_only": False,
                                     "max_completion_length": None}
+# `--loss axolotl_legacy`: Axolotl 0.19's own KD as the templates trained it before the factory's plugin: forward
+# KL with the student renormalised over the teacher's k ids (no gradient on any other id, nor on the block's total
+# mass), the targets renormalised by Axolotl's KD dataset type. rules.py refuses it for training; it is rendered only
+# on this explicit request, to reproduce the measurements made with it (the lab's kd-today arm).
+LEGACY_LOSS = "axolotl_legacy"
+LEGACY: dict[str, Any] = {"plugins": [AXOLOTL_PLUGINS[0]], "kd_normalize_topk": True, "kd_beta": 0.0,
+                          "kd_divergence": DELETE, "kd_jsd_beta": DELETE}
+LEGACY_DATASET: dict[str, Any] = {"type": "axolotl.integrations.kd.chat_template"}
 _SCALAR = (str, int, float, bool, type(None))
 APPENDED = "# --- set by `distill config` (not in the template) ---"
 
@@ -199,6 +207,13 @@ def loss_values(template_config: dict[str, Any], loss: str | None, beta: float |
     the sampled token's reverse-KL estimate."""
     if loss is None and beta is None:
         return {}
+    if loss == LEGACY_LOSS:
+        if beta is not None:
+            raise SpecError(f"--beta: not with --loss {LEGACY_LOSS} (Axolotl's forward KL only: its truncated "
+                            "reverse KL / JSD is not a divergence)")
+        if PLUGIN not in (template_config.get("plugins") or []):
+            raise SpecError(f"--loss {LEGACY_LOSS}: rendered from a default KD template (plugins: {PLUGIN})")
+        return dict(LEGACY)
     if PLUGIN not in (template_config.get("plugins") or []):
         raise SpecError(f"--loss: read only by the factory's KD plugin ({PLUGIN}); this template lists "
                         f"{template_config.get('plugins')}: use a default KD template")
@@ -242,6 +257,9 @@ def write_configs(method: str, export_dir: Path, manifest: dict[str, Any], stude
     template_config = yaml.safe_load(text) or {}
     if method not in ("kd", "kd-online") and (loss is not None or beta is not None):
         raise SpecError(f"--loss: only for kd and kd-online, not {method}")
+    legacy = loss == LEGACY_LOSS
+    if legacy and method != "kd":
+        raise SpecError(f"--loss {LEGACY_LOSS}: offline kd only (it reproduces the lab's earlier KD), not {method}")
     kd_values = loss_values(template_config, loss, beta)
     output_dir = output_dir or Path("out/train") / out.stem
     prepared_dir = prepared_dir or Path("out/prepared") / out.stem
@@ -253,9 +271,13 @@ def write_configs(method: str, export_dir: Path, manifest: dict[str, Any], stude
         header = (f"# Rendered by `distill config {method}` from {template_path(method, template).name} for "
                   f"{export_dir}" + (f" ({stage})" if stage != "train" else "") + (" [smoke profile]" if smoke else "")
                   + (" [QAT]" if qat else "")
+                  + (f"\n# [{LEGACY_LOSS}] Axolotl's own top-k-normalised forward KL, no gradient outside the "
+                     "teacher's k ids: refused for training (kd_plugin/rules.py), rendered to reproduce old "
+                     "measurements only" if legacy else "")
                   + "\n")
-        body = render(text, values, dataset)
-        check_kd(body)
+        body = render(text, values, {**dataset, **(LEGACY_DATASET if legacy else {})})
+        if not legacy:  # the legacy loss is exactly what the rules refuse
+            check_kd(body)
         rendered.append((path, header + body))
     for path, content in rendered:
         path.parent.mkdir(parents=True, exist_ok=True)
