@@ -18,7 +18,7 @@ class TeacherRecipe(Strict):
 
     task: Literal["addition", "dictation"] = "addition"
     levels: list[int] = [2]
-    steps: int = Field(400, ge=1)
+    steps: int = Field(600, ge=1)
     corrupt: float = Field(0.0, ge=0.0, lt=1.0)  # share of training examples with one wrong step
     seed: int = 0
     dir: str | None = None  # where the teacher lives (default <out>/teacher); reused when its recipe matches
