@@ -14,22 +14,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-# Two-sided 95 % quantiles of Student's t (t_{0.975, df}), df 1-30, then 40, 60, 120 and the normal's
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-        20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
-        29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
-Z975 = 1.960
-
 
 def t975(df: int) -> float:
-    """t_{0.975} for ``df`` degrees of freedom; between tabulated values the next smaller df (conservative)."""
+    """t_{0.975}: the two-sided 95 % quantile of Student's t with ``df`` degrees of freedom (scipy)."""
     if df < 1:
         raise ValueError(f"df: {df}; a t-interval needs at least 2 paired values")
-    if df in T975:
-        return T975[df]
-    smaller = [d for d in T975 if d < df]
-    return T975[max(smaller)] if df <= 120 else Z975
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
 
 
 def paired_interval(differences: list[float]) -> dict[str, float]:
