@@ -224,7 +224,9 @@ def test_fused_loss_pairs_like_axolotl_and_matches_the_plain_computation(kind: s
     labels = torch.randint(0, vocab, (batch, seq))
     labels[:, :3] = -100  # the prompt
     labels[1, -1] = -100  # padding
-    mask = (labels != -100).int()[..., None].expand(-1, -1, k).contiguous()  # Axolotl: target p masked by label p
+    # the factory's dataset type: target p (over token p + 1) is trained when label p + 1 is
+    shifted = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
+    mask = (shifted != -100).int()[..., None].expand(-1, -1, k).contiguous()
 
     total, kd_sum, ce_sum = fused_topk_tail_loss(weight, hidden, ids, logprobs, mask, labels, kd_weight=0.9,
                                                  ce_weight=0.1, kind=kind, beta=beta, chunk_size=3)  # type: ignore[arg-type]

@@ -96,6 +96,9 @@ def test_teacher_as_its_own_student_is_zero_with_raw_targets(tmp_path: Path, mod
     for row in rows:
         mask, logprobs = row["target_mask"], row["target_logprobs"]
         on = [p for p in range(len(mask)) if mask[p][0]]
+        # target p is over token p + 1: trained exactly where the token it predicts is, the answer's first token
+        # included (Axolotl's own type masks by label p: it drops that target and trains one past the end)
+        assert [p + 1 for p in on] == [p for p, label in enumerate(row["labels"]) if label != -100]
         assert on and all(sum(math.exp(v) for v in logprobs[p]) < 0.99 for p in on)  # a tail is left
         checked += len(on)
     assert checked > 20

@@ -3,8 +3,12 @@ alignment, same masks) keeping the teacher's raw top-k log-probabilities.
 
 Axolotl 0.19's ``axolotl.integrations.kd.chat_template`` renormalises each position's k probabilities to sum to 1
 before they reach the trainer, so the teacher's tail (1 - sum) is gone; the top-k + tail loss needs it. As in
-Axolotl, the lists are right-aligned to the tokenised conversation (target p is over token p + 1) and target p is
-masked by label p; positions before the lists get id 0..k-1, -inf and mask 0. Runs inside ``axolotl preprocess``.
+Axolotl, the lists are right-aligned to the tokenised conversation (target p is over token p + 1, and the loss
+compares it with the student's logits at p). Unlike Axolotl, target p is masked by label p + 1 (is the token it
+predicts trained?): Axolotl masks it by label p, so the target of the answer's first token is never trained and the
+position after the last label (the end-of-turn token, whose next token the teacher was never trained on) is. A
+student trained by KD alone then never learns to open its answer (measured in the lab: it starts mid-thought, 47 %
+format; docs/lab.md). Positions before the lists get id 0..k-1, -inf and mask 0. Runs inside ``axolotl preprocess``.
 
 With ``kd_divergence: reverse_sampled`` each position gets one more entry: the token that follows (the student's
 sampled token on on-policy rows) with the teacher's log-probability of it (the export's ``target_token_logprob``),
@@ -69,7 +73,10 @@ class RawTopKChatTemplateStrategy(ChatTemplateStrategyWithKDv2):
                                  "not raw log-probabilities")
             target_logprobs.append(values)
             target_ids.append([int(i) for i in ids[:k]])
-            target_mask.append([0 if sample["labels"][position] == -100 else 1] * k)
+            # target p is over token p + 1, so it is trained when token p + 1 is: Axolotl's own type masks it by
+            # label p, which drops the first answer token's target and trains the one after the last label
+            trained = position + 1 < length and sample["labels"][position + 1] != -100
+            target_mask.append([1 if trained else 0] * k)
         if self.sampled_token:
             self._add_sampled_token(sample, pad, target_logprobs, target_ids, target_mask)
         sample["target_logprobs"] = target_logprobs
