@@ -94,7 +94,7 @@ def export_model(
     typer.echo(f"wrote {out}: " + "; ".join(parts) + f" ({json.dumps(str(out / 'ondevice.json'))})")
 
 
-def export_executorch(ckpt: Path, ckpt_config: dict, out: Path, options: "ExportModelOptions", system: str,
+def export_executorch(ckpt: Path, ckpt_config: dict, out: Path, options: ExportModelOptions, system: str,
                       check: bool) -> dict:
     """out/model.pte from CKPT, loaded in ExecuTorch's runtime and compared with fp32 on the check prompts."""
     from distill.ondevice.check import CHECK_PROMPTS

@@ -1,0 +1,98 @@
+"""`distill export-model --target executorch`: a tiny dictation-shaped Qwen2 → a `.pte` (XNNPACK), loaded and
+generating in ExecuTorch's runtime (.venv-ondevice, `make setup-ondevice`), its greedy tokens compared with fp32.
+
+The student has random weights drawn wide (std 0.3), so its greedy tokens vary from position to position: an fp32
+`.pte` must then reproduce transformers' fp32 tokens exactly (the KV cache, positions and output head all right),
+and the check must tell a different model apart. Runs where .venv-ondevice exists (`make test-ondevice`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import require_venv, run_distill
+
+pytestmark = [pytest.mark.ondevice, pytest.mark.slow]
+
+
+def build_student(out: Path, seed: int) -> Path:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from lab.tasks import examples, get_task
+    from lab.teacher import STUDENT_SHAPE, build_tokenizer, save_model
+
+    spec = get_task("dictation")
+    corpus = [spec.system_prompt + "\n" + ex.problem + "\n" + ex.solution for ex in examples("dictation", 64, 0, 2)]
+    tokenizer = build_tokenizer(corpus, 700)
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(tokenizer), tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None, max_position_embeddings=512,
+                         initializer_range=0.3, **STUDENT_SHAPE)
+    save_model(Qwen2ForCausalLM(config).eval(), tokenizer, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def students(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    require_venv(".venv-ondevice", "setup-ondevice")
+    root = tmp_path_factory.mktemp("et-students")
+    return build_student(root / "seed0", 0), build_student(root / "seed1", 1)
+
+
+@pytest.fixture(scope="module")
+def fp32_export(tmp_path_factory: pytest.TempPathFactory, students: tuple[Path, Path]) -> Path:
+    out = tmp_path_factory.mktemp("et") / "fp32"
+    result = run_distill("export-model", students[0], "--target", "executorch", "--quantize", "fp32", "--out", out,
+                         timeout=600)
+    assert "model.pte fp32" in result.stdout and "ExecuTorch generates" in result.stdout
+    return out
+
+
+def test_fp32_pte_reproduces_transformers_tokens(fp32_export: Path) -> None:
+    record = json.loads((fp32_export / "ondevice.json").read_text())
+    et = record["executorch"]
+    assert record["target"] == "executorch" and et["scheme"] == "fp32" and et["xnnpack_delegates"] > 0
+    check = et["check"]
+    assert check["generates"] is True and check["prompts"] == len(check["samples"]) == 2
+    for sample in check["samples"]:
+        assert sample["tokens"] == sample["fp32_tokens"] == sample["agree"] == 48  # no end-of-turn in 48 tokens
+    assert check["token_agreement_with_fp32"] == 1.0
+    assert len({s["text"] for s in check["samples"]}) == 2 and all(len(set(s["text"].split())) > 5
+                                                                   for s in check["samples"])
+
+
+def test_check_tells_another_model_apart(fp32_export: Path, students: tuple[Path, Path]) -> None:
+    from distill.ondevice.check import CHECK_PROMPTS
+    from distill.ondevice.executorch import check_pte
+
+    other = check_pte(fp32_export / "model.pte", students[1], None, CHECK_PROMPTS, max_new_tokens=24)
+    assert other["token_agreement_with_fp32"] < 0.5
+
+
+def test_8da4w_pte_loads_generates_and_records_agreement(tmp_path: Path, fp32_export: Path,
+                                                         students: tuple[Path, Path]) -> None:
+    out = tmp_path / "int4"
+    result = run_distill("export-model", students[0], "--target", "executorch", "--gguf", "--out", out, timeout=600)
+    assert "model.pte 8da4w" in result.stdout and "model.gguf q8_0" in result.stdout  # --gguf stays
+    et = json.loads((out / "ondevice.json").read_text())["executorch"]
+    fp32 = json.loads((fp32_export / "ondevice.json").read_text())["executorch"]
+    assert et["scheme"] == "8da4w" and et["group_size"] == 32 and et["executorch"].startswith("1.5.1")
+    # int4 weights in groups of 32 (+ one scale each), the fp32 embedding: well under half the fp32 program
+    assert et["bytes"] < 0.5 * fp32["bytes"] and (out / "model.pte").stat().st_size == et["bytes"]
+    assert all(s["tokens"] > 0 for s in et["check"]["samples"])
+    assert 0.0 <= et["check"]["token_agreement_with_fp32"] <= 1.0
+    assert et["check"]["token_agreement_with_fp32"] == round(
+        sum(s["agree"] for s in et["check"]["samples"])
+        / sum(max(s["tokens"], s["fp32_tokens"], 1) for s in et["check"]["samples"]), 4)
+
+
+def test_missing_runtime_names_the_make_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from distill.ondevice import executorch
+    from pipelines.spec import SpecError
+
+    monkeypatch.setattr(executorch, "VENV_ONDEVICE", tmp_path / "absent")
+    with pytest.raises(SpecError, match="make setup-ondevice"):
+        executorch.ondevice_python()
