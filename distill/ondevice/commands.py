@@ -33,6 +33,9 @@ def export_model(
     gguf: bool = typer.Option(False, "--gguf", help="Also write out/model.gguf (llama.cpp's format) from CKPT."),
     gguf_type: str = typer.Option("q8_0", help="GGUF weights: q8_0 | q4_0 | f32."),
     system: str = typer.Option(DEFAULT_SYSTEM, help="System prompt of the load-and-generate check."),
+    check_prompts: Optional[Path] = typer.Option(None, help="executorch: the check's prompts, a JSONL file with a "
+                                                            "`question` per line (held-out problems; default: two "
+                                                            "built-in dictation prompts)."),
     max_seq_len: int = typer.Option(512, help="executorch: the KV cache's length (prompt + generated tokens)."),
     check: bool = typer.Option(True, help="Load the result and generate (and read the GGUF back)."),
 ) -> None:
@@ -54,7 +57,8 @@ def export_model(
         ckpt_config = check_checkpoint(ckpt)
         record: dict = {"source": str(ckpt.resolve()), **options.model_dump()}
         if options.target == "executorch":
-            record["executorch"] = export_executorch(ckpt, ckpt_config, out, options, system, check)
+            prompts = read_check_prompts(check_prompts) if check_prompts else None
+            record["executorch"] = export_executorch(ckpt, ckpt_config, out, options, system, check, prompts)
         elif options.quantize:
             record["torchao"] = quantize_checkpoint(ckpt, out, options.quantize, options.group_size)
             if check:
@@ -95,7 +99,7 @@ def export_model(
 
 
 def export_executorch(ckpt: Path, ckpt_config: dict, out: Path, options: ExportModelOptions, system: str,
-                      check: bool) -> dict:
+                      check: bool, prompts: list[str] | None = None) -> dict:
     """out/model.pte from CKPT, loaded in ExecuTorch's runtime and compared with fp32 on the check prompts."""
     from distill.ondevice.check import CHECK_PROMPTS
     from distill.ondevice.executorch import SCHEMES, check_pte, export_pte, ondevice_python
@@ -113,8 +117,25 @@ def export_executorch(ckpt: Path, ckpt_config: dict, out: Path, options: ExportM
     result["path"] = "model.pte"
     result["source_bytes"] = sum(p.stat().st_size for p in ckpt.glob("*.safetensors"))
     if check:
-        result["check"] = check_pte(out / "model.pte", ckpt, system or None, CHECK_PROMPTS)
+        result["check"] = check_pte(out / "model.pte", ckpt, system or None, prompts or CHECK_PROMPTS)
     return result
+
+
+def read_check_prompts(path: Path) -> list[str]:
+    """The `question` of each JSONL row (a problems file, as `distill run` reads)."""
+    if not path.is_file():
+        raise SpecError(f"--check-prompts: {path} is not a file")
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            prompts.append(str(json.loads(line)["question"]))
+        except (ValueError, KeyError, TypeError):
+            raise SpecError(f"--check-prompts: {path}:{number} is not a JSON object with a `question`") from None
+    if not prompts:
+        raise SpecError(f"--check-prompts: {path} has no prompts")
+    return prompts
 
 
 def check_generates_orfail(out: Path, ckpt: Path, system: str) -> dict:
