@@ -59,9 +59,7 @@ def torch_runs(source: Path, prompts: list[list[int]], new_tokens: int, eos_ids:
         return out.logits[0, -1]
 
     timed_greedy(step, prompts[0], min(new_tokens, 8), eos_ids)
-    runs = [timed_greedy(step, prompt, new_tokens, eos_ids) for prompt in prompts]
-    del model, state
-    return runs
+    return [timed_greedy(step, prompt, new_tokens, eos_ids) for prompt in prompts]
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, float]:
