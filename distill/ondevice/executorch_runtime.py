@@ -62,18 +62,53 @@ def load_model(source: str, seed: int = 0) -> Any:
     return model.eval()
 
 
+def linear_config(scheme: str, group_size: int) -> Any:
+    import torch
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    if scheme == "8da4w":
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(group_size))
+    return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+
+
+def random_quantized_model(config_json: Path, seed: int, scheme: str, group_size: int) -> Any:
+    """Random weights of a config's shape, each linear layer quantized as soon as it is drawn: a 1.5B shape never
+    holds its 6 GB of fp32 weights at once (timing needs the shape, not trained weights). The output head gets
+    its own random weights rather than the embedding's."""
+    import torch
+    from torchao.quantization import quantize_
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(config_json.parent)
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    quantized = linear_config(scheme, group_size)
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            value = torch.empty(param.shape, dtype=torch.float32)
+            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)) and name == "weight":
+                value.normal_(0.0, config.initializer_range)
+            elif "norm" in type(module).__name__.lower():
+                value.fill_(1.0)
+            else:
+                value.zero_()
+            setattr(module, name, torch.nn.Parameter(value, requires_grad=False))
+        if isinstance(module, torch.nn.Linear):
+            quantize_(module, quantized)
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=config)  # its buffers were on the meta device
+    return model.eval()
+
+
 def quantize_linears(model: Any, scheme: str, group_size: int) -> None:
     """torchao's 8da4w / 8da8w on every nn.Linear (the output head too), as optimum-executorch's ``qlinear``."""
     if scheme == "fp32":
         return
     import torch
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
-    from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization import quantize_
 
-    if scheme == "8da4w":
-        config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(group_size))
-    else:
-        config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+    config = linear_config(scheme, group_size)
     if model.config.tie_word_embeddings:  # the head gets its own (quantized) copy; the embedding stays fp32
         model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone(), requires_grad=False)
     quantize_(model, config, lambda m, fqn: isinstance(m, torch.nn.Linear))
@@ -98,10 +133,13 @@ def export(source: str, pte: Path, scheme: str, group_size: int, max_seq_len: in
             return out.logits[:, -1, :]
 
     started = time.perf_counter()
-    model = load_model(source, seed)
+    if Path(source).is_file() and scheme != "fp32":
+        model = random_quantized_model(Path(source), seed, scheme, group_size)
+    else:
+        model = load_model(source, seed)
+        quantize_linears(model, scheme, group_size)
     model.generation_config = GenerationConfig(use_cache=True, cache_implementation="static", max_length=max_seq_len,
                                                cache_config={"batch_size": 1, "max_cache_len": max_seq_len})
-    quantize_linears(model, scheme, group_size)
     wrapper = LastLogits(model, batch_size=1, max_cache_len=max_seq_len)
     ids, positions = torch.zeros((1, 3), dtype=torch.long), torch.arange(3, dtype=torch.long)
     length = torch.export.Dim("seq_length_dim", max=max_seq_len - 1)
