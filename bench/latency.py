@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=64, help="--shape: prompt length (system + dictation).")
     parser.add_argument("--new-tokens", type=int, default=64, help="--shape: tokens generated per clean-up.")
     parser.add_argument("--shape-prompts", type=int, default=5, help="--shape: clean-ups timed per runtime.")
+    parser.add_argument("--keep", type=Path, help="--runtimes: keep the exported .pte programs here (and reuse them).")
     args = parser.parse_args()
     if args.runtimes:
         from lab.runtime_latency import run
@@ -73,7 +74,8 @@ def main() -> None:
         if not args.student and not args.shape:
             parser.error("--runtimes: give --student DIR and/or --shape NAME")
         print(run(args.student, args.shape, args.prompts, args.level, args.max_new_tokens, args.prompt_tokens,
-                  args.new_tokens, args.shape_prompts, args.threads, echo=lambda m: print(m, file=sys.stderr)))
+                  args.new_tokens, args.shape_prompts, args.threads, args.keep,
+                  echo=lambda m: print(m, file=sys.stderr)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         models = prepared_models(args, Path(tmp))

@@ -85,8 +85,13 @@ def compare(source: Path, prompts: list[list[int]], new_tokens: int, eos_ids: se
     results: dict[str, dict[str, Any]] = {}
     ptes = {}
     for scheme in schemes:  # export before the baseline loads: one large model in memory at a time
+        pte = work / f"{scheme}.pte"
+        if pte.exists():  # a kept work folder (--keep): the program of an earlier run
+            echo(f"  reusing {pte}")
+            ptes[scheme] = {"bytes": pte.stat().st_size}
+            continue
         echo(f"  exporting ExecuTorch {scheme} …")
-        ptes[scheme] = export_pte(source, work / f"{scheme}.pte", scheme, max_seq_len=max_seq_len)
+        ptes[scheme] = export_pte(source, pte, scheme, max_seq_len=max_seq_len)
     echo("  torch fp32 …")
     baseline = torch_runs(source, prompts, new_tokens, eos_ids, threads)
     results["torch fp32"] = {**summary(baseline), "bytes": None}
@@ -127,14 +132,15 @@ def student_prompts(model_dir: Path, count: int, level: int) -> tuple[list[list[
 
 
 def run(student: Path | None, shapes: list[str], prompts: int, level: int, max_new_tokens: int, prompt_tokens: int,
-        new_tokens: int, shape_prompts: int, threads: int, echo: Any = print) -> str:
+        new_tokens: int, shape_prompts: int, threads: int, keep: Path | None = None, echo: Any = print) -> str:
+    """The tables; ``keep``: the folder for the exported programs, kept and reused by the next run."""
     import random
 
     import torch
 
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = keep or Path(tmp)
         if student:
             ids, eos = student_prompts(student, prompts, level)
             echo(f"{student}: {prompts} held-out dictation clean-ups")

@@ -98,7 +98,20 @@ def random_quantized_model(config_json: Path, seed: int, scheme: str, group_size
         if isinstance(module, torch.nn.Linear):
             quantize_(module, quantized)
     model.model.rotary_emb = type(model.model.rotary_emb)(config=config)  # its buffers were on the meta device
+    release_memory()
     return model.eval()
+
+
+def release_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them after the large temporaries of an export)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
 
 
 def quantize_linears(model: Any, scheme: str, group_size: int) -> None:
@@ -152,11 +165,13 @@ def export(source: str, pte: Path, scheme: str, group_size: int, max_seq_len: in
     metadata = {"get_max_seq_len": max_seq_len, "get_vocab_size": int(model.config.vocab_size),
                 "use_kv_cache": True, "enable_dynamic_shape": True,
                 "get_eos_ids": [int(e) for e in (eos if isinstance(eos, list) else [eos] if eos is not None else [])]}
-    del model
+    del model, wrapper  # the exported program holds the weights it needs
     lowered = to_edge_transform_and_lower({"forward": program}, partitioner=[XnnpackPartitioner()],
                                           compile_config=EdgeCompileConfig(_check_ir_validity=False,
                                                                            _skip_dim_order=True),
                                           constant_methods=metadata)
+    del program  # lowered: the XNNPACK payloads hold the packed weights now
+    release_memory()
     delegated = sum(1 for node in lowered.exported_program("forward").graph_module.graph.nodes
                     if node.op == "call_function" and "executorch_call_delegate" in str(node.target))
     program_et = lowered.to_executorch(config=ExecutorchBackendConfig(
