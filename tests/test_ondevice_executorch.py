@@ -103,3 +103,17 @@ def test_missing_runtime_names_the_make_target(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(executorch, "VENV_ONDEVICE", tmp_path / "absent")
     with pytest.raises(SpecError, match="make setup-ondevice"):
         executorch.ondevice_python()
+
+
+def test_executorch_flags_errors_name_the_field(tmp_path: Path) -> None:
+    """Refused before any runtime is needed: a bad --target, fp32 for torchao, an unreadable --check-prompts."""
+    student = build_student(tmp_path / "student", 0)
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"question": "um the cat"}\nnot json\n')
+    for args, message in [(("--target", "tpu"), "--target:"),
+                          (("--quantize", "fp32"), "--quantize: fp32 is for --target executorch"),
+                          (("--target", "executorch", "--check-prompts", bad), f"--check-prompts: {bad}:2 is not"),
+                          (("--target", "executorch", "--check-prompts", tmp_path / "absent"), "--check-prompts:")]:
+        result = run_distill("export-model", student, *args, "--out", tmp_path / "x", check=False)
+        assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), \
+            result.stderr[-500:]
