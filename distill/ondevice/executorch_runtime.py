@@ -132,6 +132,7 @@ def export(source: str, pte: Path, scheme: str, group_size: int, max_seq_len: in
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
+    from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
     from transformers import GenerationConfig
     from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
 
@@ -174,9 +175,12 @@ def export(source: str, pte: Path, scheme: str, group_size: int, max_seq_len: in
     release_memory()
     delegated = sum(1 for node in lowered.exported_program("forward").graph_module.graph.nodes
                     if node.op == "call_function" and "executorch_call_delegate" in str(node.target))
+    # The KV cache starts as zeros in the program (without the pass only its shape is kept and the runtime's
+    # memory starts as whatever it holds; a masked position still multiplies its value by 0, and NaN * 0 is NaN),
+    # as ExecuTorch's own exports do for their caches (examples/models/voxtral_tts).
     program_et = lowered.to_executorch(config=ExecutorchBackendConfig(
         extract_delegate_segments=True, memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
-        do_quant_fusion_and_const_prop=True))
+        do_quant_fusion_and_const_prop=True, passes=[InitializedMutableBufferPass(["key_cache", "value_cache"])]))
     pte.parent.mkdir(parents=True, exist_ok=True)
     with pte.open("wb") as file:
         program_et.write_to_file(file)
