@@ -5,7 +5,8 @@ The student has random weights drawn wide (std 0.3), so its greedy tokens vary f
 `.pte` must then reproduce transformers' fp32 tokens exactly (the KV cache, positions and output head all right),
 and the check must tell a different model apart. Runs where .venv-ondevice exists: `make test-ondevice` builds it
 and runs this file. `make test` (CI) does not build it (~3.5 min of setup and 1.7 GB), so there, as anywhere
-without it, these tests skip rather than fail, except the one that needs no runtime.
+without it, the runtime's tests skip rather than fail; the ones that need no runtime (the flags' errors, the timing
+loop every runtime is timed with, the bench's table) run everywhere.
 """
 
 from __future__ import annotations
@@ -123,3 +124,40 @@ def test_executorch_flags_errors_name_the_field(tmp_path: Path) -> None:
         result = run_distill("export-model", student, *args, "--out", tmp_path / "x", check=False)
         assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), \
             result.stderr[-500:]
+
+
+def test_timed_greedy_stops_at_end_of_turn_and_counts_steps() -> None:
+    """The loop every runtime is timed with: one prefill, then one step per token, an end-of-turn not kept."""
+    import torch
+
+    from distill.ondevice.executorch_runtime import timed_greedy
+
+    calls: list[tuple[list[int], int]] = []
+    script = [5, 6, 7, 2, 9]  # the token each call makes most likely; 2 ends the turn
+
+    def step(ids: list[int], start: int) -> torch.Tensor:
+        calls.append((list(ids), start))
+        logits = torch.zeros(10)
+        logits[script[len(calls) - 1]] = 1.0
+        return logits
+
+    run = timed_greedy(step, [1, 3, 4], max_new_tokens=10, eos_ids={2})
+    assert run["tokens"] == [5, 6, 7]
+    assert calls == [([1, 3, 4], 0), ([5], 3), ([6], 4), ([7], 5)]  # positions follow the prompt
+    assert run["total_ms"] >= run["ttft_ms"] > 0 and run["decode_ms"] >= 0
+    calls.clear()
+    assert timed_greedy(step, [1], max_new_tokens=2, eos_ids=set())["tokens"] == [5, 6] and len(calls) == 2
+
+
+def test_runtime_table_ratios_against_the_baseline() -> None:
+    from lab.runtime_latency import agreement, summary, table
+
+    base = [{"tokens": [1, 2, 3, 4, 5], "ttft_ms": 100.0, "decode_ms": 400.0, "total_ms": 500.0}] * 2
+    fast = [{"tokens": [1, 2, 9, 4, 5], "ttft_ms": 10.0, "decode_ms": 40.0, "total_ms": 50.0}] * 2
+    assert summary(base)["decode_tok_s"] == 10.0  # 4 tokens after the first in 0.4 s
+    assert agreement(fast, base) == 0.8
+    text = table("t", {"torch fp32": summary(base), "ExecuTorch XNNPACK 8da4w": {**summary(fast), "bytes": 2e6,
+                                                                                 "agreement": 0.8}})
+    rows = {line[:26].strip(): line[26:].split() for line in text.splitlines()[3:]}
+    assert rows["torch fp32"][5:7] == ["1.00x", "1.00x"]
+    assert rows["ExecuTorch XNNPACK 8da4w"][5:] == ["0.10x", "10.00x", "0.80", "2.0"]
