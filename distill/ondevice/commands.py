@@ -84,6 +84,9 @@ def export_model(
         if "check" in e:
             parts.append(f"ExecuTorch generates; token agreement with fp32 "
                          f"{e['check']['token_agreement_with_fp32']:.2f}")
+            if "llm_runner" in e["check"]:
+                r = e["check"]["llm_runner"]
+                parts.append(f"ExecuTorch's TextLLMRunner: same text {r['same_text_as_check']}/{r['prompts']}")
     if "torchao" in record:
         t = record["torchao"]
         parts.append(f"{options.quantize} weights {t['bytes']} B (fp32 {t['source_bytes']} B)")

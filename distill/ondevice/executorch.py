@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from distill.ondevice.executorch_runtime import RESULT
 from pipelines.spec import SpecError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,15 +32,16 @@ def ondevice_python() -> Path:
 
 
 def run_runtime(*args: str | Path, timeout: float = 3600) -> dict[str, Any]:
-    """``python -m distill.ondevice.executorch_runtime ARGS`` in .venv-ondevice; its last stdout line (JSON)."""
+    """``python -m distill.ondevice.executorch_runtime ARGS`` in .venv-ondevice; the JSON object it prints."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([str(ondevice_python()), "-m", "distill.ondevice.executorch_runtime", *map(str, args)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise SpecError(f"--target executorch: executorch_runtime {args[0]} failed ({result.returncode}): {tail}")
-    return json.loads(lines[-1])
+    if result.returncode == 0:  # ExecuTorch's C++ runner writes to the same stdout
+        for line in reversed(result.stdout.splitlines()):
+            if line.startswith(RESULT):
+                return json.loads(line[len(RESULT):])
+    tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+    raise SpecError(f"--target executorch: executorch_runtime {args[0]} failed ({result.returncode}): {tail}")
 
 
 def export_pte(source: Path, pte: Path, scheme: str, group_size: int = 32, max_seq_len: int = 512,
@@ -57,6 +59,15 @@ def generate_pte(pte: Path, prompts: list[list[int]], max_new_tokens: int, eos_i
         request.write_text(json.dumps({"prompts": prompts, "max_new_tokens": max_new_tokens, "eos_ids": eos_ids,
                                        "warmup": warmup}))
         return run_runtime("generate", pte, request, "--threads", threads)
+
+
+def runner_texts(pte: Path, tokenizer_json: Path, prompts: list[str], max_new_tokens: int) -> list[dict[str, Any]]:
+    """Greedy generations of chat-formatted prompts by ExecuTorch's own C++ runner (TextLLMRunner): ``text`` (None
+    when a piece was part of a UTF-8 character, which its Python callback cannot pass) and ``generated_tokens``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        request = Path(tmp) / "request.json"
+        request.write_text(json.dumps({"prompts": prompts, "max_new_tokens": max_new_tokens}))
+        return run_runtime("runner", pte, tokenizer_json, request)["outputs"]
 
 
 def agreement(produced: list[int], reference: list[int]) -> tuple[int, int]:
@@ -87,5 +98,17 @@ def check_pte(pte: Path, reference_dir: Path, system: str | None, prompts: list[
         samples.append({"prompt": prompt, "prompt_tokens": len(prompt_ids), "tokens": len(run["tokens"]),
                         "fp32_tokens": len(full), "agree": s,
                         "text": tokenizer.decode(run["tokens"], skip_special_tokens=True)})
-    return {"runtime": "ExecuTorch (Python bindings, XNNPACK)", "generates": True, "prompts": len(prompts),
-            "token_agreement_with_fp32": round(same / total, 4), "samples": samples}
+    check = {"runtime": "ExecuTorch (Python bindings, XNNPACK)", "generates": True, "prompts": len(prompts),
+             "token_agreement_with_fp32": round(same / total, 4), "samples": samples}
+    tokenizer_json = reference_dir / "tokenizer.json"
+    if tokenizer_json.is_file():  # the stock runner reads the tokenizer file itself
+        texts = [chat_ids(tokenizer, system, p, tokenize=False) for p in prompts]
+        produced = runner_texts(pte, tokenizer_json, texts, max_new_tokens)
+        ours = [tokenizer.decode(r["tokens"], skip_special_tokens=False) for r in result["runs"]]
+        same_text = sum(out["text"] is not None and out["text"].removesuffix(str(tokenizer.eos_token)) == mine
+                        for out, mine in zip(produced, ours, strict=True))
+        check["llm_runner"] = {"runner": "ExecuTorch TextLLMRunner (C++, greedy)",
+                               "generates": all(out["generated_tokens"] > 0 for out in produced),
+                               "prompts": len(prompts), "same_text_as_check": same_text,
+                               "undecodable": sum(out["text"] is None for out in produced)}
+    return check

@@ -2,7 +2,7 @@
 
 Runs in ``.venv-ondevice`` (``make setup-ondevice``: executorch pins a torchao newer than the factory's), started
 by the factory as ``python -m distill.ondevice.executorch_runtime export|generate …``: it imports only torch,
-transformers and executorch, and answers one JSON object on its last stdout line.
+transformers and executorch, and answers one JSON object on a stdout line of its own (``RESULT``).
 
 The export follows optimum-executorch's XNNPACK recipe for causal LMs (``optimum/exporters/executorch``): the
 model with a static KV cache (transformers' ``TorchExportableModuleWithStaticCache``), linear layers quantized
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMES = ("8da4w", "8da8w", "fp32")
+RESULT = "executorch_runtime result: "  # the stdout line the factory reads
 
 
 def timed_greedy(step: Callable[[list[int], int], Any], prompt: list[int], max_new_tokens: int,
@@ -219,6 +220,30 @@ def generate(pte: Path, prompts: list[list[int]], max_new_tokens: int, eos_ids: 
     return {"load_s": round(load_s, 3), "runs": runs}
 
 
+def runner_generate(pte: Path, tokenizer_json: Path, prompts: list[str], max_new_tokens: int) -> dict[str, Any]:
+    """Greedy generations through ExecuTorch's own C++ text runner (``TextLLMRunner``, what its apps and
+    ``llama_main`` use: the ``.pte``'s metadata methods, the tokenizer file, its own sampling), one text each."""
+    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+    runner = TextLLMRunner(str(pte), str(tokenizer_json))
+    config = GenerationConfig(echo=False, max_new_tokens=max_new_tokens, temperature=0.0)
+    outputs = []
+    for prompt in prompts:
+        stats: list[Any] = []
+        runner.reset()
+        runner.generate(prompt, config, stats_callback=stats.append)  # the runner prints the text itself
+        generated = json.loads(stats[-1].to_json_string())["generated_tokens"] if stats else 0
+        pieces: list[str] = []
+        runner.reset()
+        try:
+            runner.generate(prompt, config, token_callback=pieces.append)
+            text = "".join(pieces)
+        except UnicodeDecodeError:  # a piece that is part of a UTF-8 character cannot cross into Python as str
+            text = None
+        outputs.append({"text": text, "generated_tokens": generated})
+    return {"outputs": outputs}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -233,14 +258,22 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("pte", type=Path)
     gen.add_argument("request", type=Path, help='{"prompts": [[ids]], "max_new_tokens": N, "eos_ids": [..]}')
     gen.add_argument("--threads", type=int, default=2)
+    run = sub.add_parser("runner", help="greedy texts from ExecuTorch's TextLLMRunner; the request is a JSON file")
+    run.add_argument("pte", type=Path)
+    run.add_argument("tokenizer", type=Path, help="tokenizer.json")
+    run.add_argument("request", type=Path, help='{"prompts": ["chat-formatted text"], "max_new_tokens": N}')
     args = parser.parse_args(argv)
-    if args.command == "export":
+    if args.command == "runner":
+        request = json.loads(args.request.read_text())
+        result = runner_generate(args.pte, args.tokenizer, request["prompts"], int(request["max_new_tokens"]))
+    elif args.command == "export":
         result = export(args.source, args.pte, args.scheme, args.group_size, args.max_seq_len, args.seed)
     else:
         request = json.loads(args.request.read_text())
         result = generate(args.pte, request["prompts"], int(request["max_new_tokens"]), set(request["eos_ids"]),
                           args.threads, bool(request.get("warmup", True)))
-    print(json.dumps(result))
+    # on a line of its own: ExecuTorch's C++ runner writes to the same stdout, without a final newline
+    print("\n" + RESULT + json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
