@@ -3,8 +3,13 @@ PYTHON ?= python3.11
 VENV := .venv
 VENV_TRAIN := .venv-train
 VENV_VLLM := .venv-vllm
+VENV_ONDEVICE ?= .venv-ondevice
 AXOLOTL_VERSION ?= 0.19.0
 VLLM_VERSION ?= 0.32.0
+EXECUTORCH_VERSION ?= 1.5.1
+# the transformers the factory runs (the .pte's check compares against it)
+ONDEVICE_TRANSFORMERS ?= 5.25.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 # Stamps: a venv counts as installed once its setup finished (make test / demo on a fresh clone build them).
 STAMP := .installed
 DISTILL := $(VENV)/bin/distill
@@ -16,7 +21,7 @@ ARGS ?=
 # make test: two pytest-xdist workers (most of the suite waits on servers, training and subprocesses)
 TEST_WORKERS ?= 2
 
-.PHONY: help setup setup-browser setup-train setup-vllm test lint demo demo-hub onpolicy pipeline serve eval view train preprocess prm-label lab publish bench chaos clean
+.PHONY: help setup setup-browser setup-train setup-vllm setup-ondevice test-ondevice test lint demo demo-hub onpolicy pipeline serve eval view train preprocess prm-label lab publish bench chaos clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,6 +62,21 @@ $(VENV_VLLM)/$(STAMP):
 	fi
 	$(VENV_VLLM)/bin/python -c "import vllm, transformers; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
 	touch $@
+
+# ExecuTorch in its own venv: executorch 1.5.1 pins torchao>=0.18,<0.19 (the factory's and Axolotl's QAT are 0.17.0)
+# and optimum-executorch pins transformers==5.0.0rc1. Its wheel does not name torch, whose Linux wheel on PyPI is the
+# CUDA build: torch comes first, alone, from the CPU index (or a local wheel), then the rest from the usual index.
+setup-ondevice: $(VENV_ONDEVICE)/$(STAMP) ## Create .venv-ondevice with ExecuTorch (EXECUTORCH_VERSION=$(EXECUTORCH_VERSION), CPU torch 2.13.0): export-model --target executorch
+$(VENV_ONDEVICE)/$(STAMP):
+	$(PYTHON) -m venv $(VENV_ONDEVICE)
+	$(VENV_ONDEVICE)/bin/pip install --quiet --upgrade pip
+	$(VENV_ONDEVICE)/bin/pip install --quiet --no-deps --index-url $(TORCH_CPU_INDEX) torch==2.13.0
+	$(VENV_ONDEVICE)/bin/pip install --quiet torch==2.13.0 executorch==$(EXECUTORCH_VERSION) transformers==$(ONDEVICE_TRANSFORMERS)
+	$(VENV_ONDEVICE)/bin/python -c "import torch, executorch.version as v; from executorch.extension.pybindings import portable_lib; assert not torch.version.cuda, torch.__version__; print('executorch', v.__version__, 'torch', torch.__version__)"
+	touch $@
+
+test-ondevice: $(VENV)/$(STAMP) $(VENV_ONDEVICE)/$(STAMP) ## The ExecuTorch export test: a tiny student → .pte, loaded and generating in ExecuTorch's runtime
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q tests/test_ondevice_executorch.py $(ARGS)
 
 test: $(VENV)/$(STAMP) $(VENV_TRAIN)/$(STAMP) $(VENV_VLLM)/$(STAMP) ## Run the whole test suite (what CI runs)
 	$(VENV)/bin/lint-imports

@@ -9,6 +9,12 @@ code), ``--qad`` a QAT-trained checkpoint exported int4 (the QAT configs' scheme
     .venv/bin/python bench/latency.py --student out/lab/ondevice/sft --qad out/lab/ondevice/sft-qat --prompts 20
     .venv/bin/python bench/latency.py --model fp32=DIR --model int4=DIR2
 
+Runtimes side by side (lab/runtime_latency.py; ExecuTorch needs `make setup-ondevice`): torch fp32, ExecuTorch
+XNNPACK fp32 and 8da4w for a lab student, torch fp32 and ExecuTorch 8da4w for Qwen2-1.5B's shape (random weights);
+time to first token, decode tokens/s, ms per clean-up p50/p95, ratios against torch fp32 of the same run.
+
+    .venv/bin/python bench/latency.py --runtimes --student out/lab/ondevice/teacher-500 --shape qwen2-1.5b
+
 Prints; asserts nothing about times. Exits non-zero only when a model does not load.
 """
 
@@ -54,7 +60,23 @@ def main() -> None:
     parser.add_argument("--level", type=int, default=2, help="Dictation level of the prompts.")
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (a phone has a few big cores).")
+    parser.add_argument("--runtimes", action="store_true", help="Time the runtimes side by side (--student, --shape).")
+    parser.add_argument("--shape", action="append", default=[], choices=["qwen2-1.5b", "qwen2-0.5b"],
+                        help="--runtimes: a model shape with random weights (repeatable).")
+    parser.add_argument("--prompt-tokens", type=int, default=64, help="--shape: prompt length (system + dictation).")
+    parser.add_argument("--new-tokens", type=int, default=64, help="--shape: tokens generated per clean-up.")
+    parser.add_argument("--shape-prompts", type=int, default=5, help="--shape: clean-ups timed per runtime.")
+    parser.add_argument("--keep", type=Path, help="--runtimes: keep the exported .pte programs here (and reuse them).")
     args = parser.parse_args()
+    if args.runtimes:
+        from lab.runtime_latency import run
+
+        if not args.student and not args.shape:
+            parser.error("--runtimes: give --student DIR and/or --shape NAME")
+        print(run(args.student, args.shape, args.prompts, args.level, args.max_new_tokens, args.prompt_tokens,
+                  args.new_tokens, args.shape_prompts, args.threads, args.keep,
+                  echo=lambda m: print(m, file=sys.stderr)))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         models = prepared_models(args, Path(tmp))
         if not models:

@@ -18,8 +18,11 @@ def load(model_dir: Path) -> tuple[Any, Any]:
     return AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
 
 
-def chat_ids(tokenizer: Any, system: str | None, prompt: str) -> Any:
+def chat_ids(tokenizer: Any, system: str | None, prompt: str, tokenize: bool = True) -> Any:
+    """The chat-formatted prompt's ids (``input_ids``, ``attention_mask``), or its text with ``tokenize=False``."""
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    if not tokenize:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
 
 

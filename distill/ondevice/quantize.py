@@ -22,10 +22,13 @@ MANIFEST = "ondevice.json"
 
 
 class ExportModelOptions(BaseModel):
-    quantize: Scheme | None = None  # None: no torchao quantization (a GGUF of the float weights only)
+    target: Literal["torchao", "executorch"] = "torchao"
+    # torchao: None = no torchao folder (a GGUF only); executorch: None = int4 (8da4w), fp32 = no quantization
+    quantize: Literal["int8", "int4", "fp32"] | None = None
     group_size: int = Field(32, gt=0)  # int4: inputs per weight scale (Axolotl's qat.group_size)
     gguf: bool = False
     gguf_type: Literal["q8_0", "q4_0", "f32"] = "q8_0"
+    max_seq_len: int = Field(512, ge=16)  # executorch: the static KV cache's length
 
 
 def torchao_config(scheme: Scheme, group_size: int = 32) -> Any:
@@ -53,7 +56,7 @@ def check_checkpoint(ckpt: Path) -> dict[str, Any]:
     return data
 
 
-def _group_size_fits(ckpt_config: dict[str, Any], group_size: int) -> None:
+def group_size_fits(ckpt_config: dict[str, Any], group_size: int) -> None:
     widths = {"hidden_size": ckpt_config.get("hidden_size"), "intermediate_size": ckpt_config.get("intermediate_size")}
     for name, width in widths.items():
         if isinstance(width, int) and width % group_size:
@@ -67,7 +70,7 @@ def quantize_checkpoint(ckpt: Path, out: Path, scheme: Scheme, group_size: int =
 
     ckpt_config = check_checkpoint(ckpt)
     if scheme == "int4":
-        _group_size_fits(ckpt_config, group_size)
+        group_size_fits(ckpt_config, group_size)
     model = AutoModelForCausalLM.from_pretrained(
         ckpt, dtype=torch.float32, quantization_config=TorchAoConfig(quant_type=torchao_config(scheme, group_size)))
     out.mkdir(parents=True, exist_ok=True)
