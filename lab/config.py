@@ -40,8 +40,10 @@ class Variant(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     method: Literal["sft", "kd"] = "sft"
     # unfiltered: every well-formed trace, wrong ones too; prm: the verified traces the lab's trained PRM passes;
-    # random: a seeded random subset of the verified traces of the PRM-passed set's size (the PRM's control)
-    data: Literal["filtered", "unfiltered", "prm", "random"] = "filtered"
+    # random: a seeded random subset of the verified traces of the PRM-passed set's size (the PRM's control);
+    # answer_only: the verified traces with the thought stripped; shortest: the shortest verified trace per problem
+    # (`distill select`); both derived from the verified traces by lab/budget.py
+    data: Literal["filtered", "unfiltered", "prm", "random", "answer_only", "shortest"] = "filtered"
     curriculum: bool = False  # two stages (short traces of easy problems first), the same total steps
     kd_beta: float = Field(0.0, ge=0.0, le=1.0)  # 0 forward KL(teacher || student), 1 reverse, between: JSD(beta)
     # method kd: topk_tail, the factory's plugin (the teacher's top k plus a tail bucket); axolotl_legacy,

@@ -38,6 +38,7 @@ from pipelines.spec import SpecError, load_spec
 ROOT = Path(__file__).resolve().parents[1]
 DISTILL = [sys.executable, "-m", "distill.cli"]
 STAGES = 7
+DERIVED = ("answer_only", "shortest")  # data kinds derived from the verified traces (lab/budget.py)
 ExportKey = tuple[str, str, bool, int | None]  # (method, data, curriculum, top k of the KD targets)
 # stage 1: problems the teacher solves at least half the time, traces no longer than the median
 CURRICULUM = ["--curriculum", "--stage1-min-pass-rate", "0.5", "--stage1-max-length-quantile", "0.5"]
@@ -279,6 +280,8 @@ class Loop:
                     "temperature": self.cfg.evaluation.temperature,
                     "max_new_tokens": self.cfg.generation.max_new_tokens,
                     "in_distribution": {"specs": [f"lab-{self.cfg.name}"]}}
+        if self.task.name == "dictation":  # free text: right when chrF >= 0.6 (as dictation-heldout); chrF, WER
+            eval_set.update({"verification": "similarity", "similarity": {"metric": "chrf", "threshold": 0.6}})
         path = self.out / "eval-set.yaml"
         path.write_text(yaml.safe_dump(eval_set, sort_keys=False), encoding="utf-8")
         return path
@@ -334,6 +337,26 @@ class Loop:
         self.echo(f"    wrote {out}: {report['size']} of {report['verified']} verified traces")
         return out
 
+    def derive(self, kind: str, filtered: Path, teacher: Path) -> Path:
+        """``data: answer_only`` / ``shortest`` (lab/budget.py): a dataset folder derived from the verified traces;
+        the thought's tokens are counted with the teacher's tokenizer (every student shares it)."""
+        from lab.budget import answer_only, data_stats, shortest_argv
+
+        out = self.out / "traces" / kind
+        if kind == "shortest":
+            self.stage(3, "the shortest verified trace per problem (distill select: no PRM score, every problem)")
+            self.distill(*shortest_argv(filtered, out))
+        else:
+            from transformers import AutoTokenizer
+
+            self.stage(3, "answer only: the verified traces with the <thought> block stripped")
+            tokenizer = AutoTokenizer.from_pretrained(teacher)
+            answer_only(filtered, out, lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+        stats = data_stats(out)
+        self.echo(f"    wrote {out}: {stats['rows']} rows, {stats['mean_completion_tokens']} completion tokens "
+                  "on average")
+        return out
+
     def diagnostic_set(self, base_url: str, held_out: Path, student: Path) -> Path:
         """The teacher's traces on the first held-out problems (`distill run`, unverified), exported as KD rows
         the teacher scored (its top k at every position, on the student tokenizer's ids): the diagnostic's
@@ -380,7 +403,8 @@ class Loop:
         train, held_out = self.problem_files()
         variants = self.cfg.students.variants
         with self.served_teacher(teacher) as base_url:
-            generated = {v.data for v in variants} - {"prm", "random"} | ({"filtered"} if self.cfg.prm else set())
+            generated = {v.data for v in variants} - {"prm", "random", *DERIVED} \
+                | ({"filtered"} if self.cfg.prm or {v.data for v in variants} & set(DERIVED) else set())
             traces = {data: self.generate(self.spec(train, base_url, data), data) for data in sorted(generated)}
             prm_summary = ""
             if self.cfg.prm:
@@ -389,6 +413,9 @@ class Loop:
                 traces["prm"], prm_summary = PrmStage(self, teacher).run(base_url, traces["filtered"])
             if any(v.data == "random" for v in variants):
                 traces["random"] = self.random_control(traces)
+            for kind in DERIVED:
+                if any(v.data == kind for v in variants):
+                    traces[kind] = self.derive(kind, traces["filtered"], teacher)
             inits = {seed: self.student_init(teacher, seed) for seed in self.cfg.students.seeds}
             exports = self.export(traces, next(iter(inits.values())), base_url)
             diagnostic_rows = self.diagnostic_set(base_url, held_out, next(iter(inits.values()))) \
@@ -403,8 +430,8 @@ class Loop:
             onpolicy = self.onpolicy(base_url, trained, exports) if self.cfg.onpolicy else ""
         results = json.loads((results_dir / "results.json").read_text())
         diagnostics = self.diagnose(diagnostic_rows, teacher, inits, trained) if diagnostic_rows else None
-        summary = summarize(results, self.cfg) + self.comparison(results, results_dir, diagnostics) \
-            + prm_summary + onpolicy
+        summary = summarize(results, self.cfg) + data_table(traces, self.cfg) \
+            + self.comparison(results, results_dir, diagnostics) + prm_summary + onpolicy
         (results_dir / "lab-summary.md").write_text(summary, encoding="utf-8")
         self.stage(7, f"results: {results_dir}/report.md, plots in {results_dir}/plots, summary below")
         self.echo(summary)
@@ -446,30 +473,57 @@ def model_name(variant: str, seed: int, seeds: int) -> str:
 
 def summarize(results: dict[str, Any], cfg: LabConfig) -> str:
     """pass@1 per variant: the mean over seeds and their spread (sample standard deviation), with format
-    adherence; the teacher and the untrained student for reference."""
+    adherence and the mean completion tokens per answer (every sample); chrF and WER where the set is scored by
+    similarity; the teacher and the untrained student for reference."""
     import statistics
 
     (set_name,) = results["sets"]
 
-    def metric(model: str, key: str) -> float | None:
+    def metric(model: str, key: str) -> Any:
         run = results["runs"].get(model, {}).get(set_name)
         if run is None:
             return None
         head = run["clean"] or run["all"]
-        return head.get(key)
+        value = head.get(key)
+        return value.get("mean") if key == "tokens" and isinstance(value, dict) else value
+
+    def mean(names: list[str], key: str, fmt: str) -> str:
+        values = [v for v in (metric(n, key) for n in names) if v is not None]
+        return format(statistics.mean(values), fmt) if values else "–"
 
     seeds = cfg.students.seeds
-    rows = ["| model | pass@1 (mean over seeds) | spread (sd) | per seed | format |", "|---|---|---|---|---|"]
-    for label in ["teacher", "untrained", *(v.name for v in cfg.students.variants)]:
+    labels = ["teacher", "untrained", *(v.name for v in cfg.students.variants)]
+    similarity = any(metric(n, "chrf") is not None for n in results["runs"])
+    rows = ["| model | pass@1 (mean over seeds) | spread (sd) | per seed | format | tokens/answer |"
+            + (" chrF | WER |" if similarity else ""), "|---" * (8 if similarity else 6) + "|"]
+    for label in labels:
         names = ["teacher"] if label == "teacher" else [model_name(label, s, len(seeds)) for s in seeds]
         values = [v for v in (metric(n, "pass@1") for n in names) if v is not None]
-        formats = [v for v in (metric(n, "format_adherence") for n in names) if v is not None]
         if not values:
             continue
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         rows.append(f"| {label} | {statistics.mean(values):.1%} | {sd:.1%} | "
-                    + ", ".join(f"{v:.1%}" for v in values) + " | "
-                    + (f"{statistics.mean(formats):.1%}" if formats else "–") + " |")
+                    + ", ".join(f"{v:.1%}" for v in values) + " | " + mean(names, "format_adherence", ".1%")
+                    + " | " + mean(names, "tokens", ".1f") + " |"
+                    + (f" {mean(names, 'chrf', '.3f')} | {mean(names, 'wer', '.3f')} |" if similarity else ""))
+    return "\n".join(rows) + "\n"
+
+
+def data_table(traces: dict[str, Path], cfg: LabConfig) -> str:
+    """What each variant trained on: the kept rows of its data and their mean completion tokens (lab/budget.py);
+    only when a variant trains on data derived from the verified traces (answer_only, shortest)."""
+    from lab.budget import data_stats
+
+    variants = cfg.students.variants
+    if not any(v.data in DERIVED for v in variants):
+        return ""
+    stats = {data: data_stats(traces[data]) for data in dict.fromkeys(v.data for v in variants) if data in traces}
+    rows = ["", "| variant | data | rows | mean completion tokens |", "|---|---|---|---|"]
+    for v in variants:
+        if v.data in stats:
+            tokens = stats[v.data]["mean_completion_tokens"]
+            rows.append(f"| {v.name} | {v.data} | {stats[v.data]['rows']} | "
+                        + ("–" if tokens is None else f"{tokens:.1f}") + " |")
     return "\n".join(rows) + "\n"
 
 
