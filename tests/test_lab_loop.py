@@ -44,10 +44,6 @@ def pass1(results: dict, model: str) -> float:
     return (run["clean"] or run["all"])["pass@1"]
 
 
-# The failing assert is the teacher's, not KD's: the demo teacher recipe (400 steps, corrupt 0.1) now scores 0.47-0.50
-# held-out pass@1 at T=0.6 (CI's run: 0.504; in-process probe: 0.47 over 100x4), against 69 % when docs/lab.md was
-# written; the same recipe at 800 steps scores 0.99. The recipe change waits for the issue 23 comparison.
-@pytest.mark.xfail(reason="KNOWN (open, issue 23): the 400-step demo teacher scores ~0.5 < 0.6 on today's stack (800 steps: 0.99); the recipe is re-chosen with the lab comparison", strict=False)  # noqa: E501
 def test_students_learn_from_the_factorys_traces(lab_run: Path) -> None:
     results = json.loads((lab_run / "eval" / "results.json").read_text())
     assert set(results["runs"]) == {"teacher", "untrained", "sft", "kd", "sft-prm"}
@@ -59,8 +55,8 @@ def test_students_learn_from_the_factorys_traces(lab_run: Path) -> None:
     # does (seen: 4 to 27 % over seeds and runs of this size; the spread over seeds is in docs/lab.md)
     assert scores["sft"] > scores["untrained"] == 0.0
     # both learned the teacher's way of working: the format (a random init writes it ~1 % of the time) and chains
-    # close to the teacher's; KD's accuracy is measured in docs/lab.md (far below SFT at these settings), not
-    # asserted here
+    # close to the teacher's; accuracy differences between recipes are measured in docs/lab.md (5 paired seeds),
+    # not asserted from one seed here
     for model in ("sft", "kd"):
         head = results["runs"][model]["lab-addition"]["all"]
         untrained = results["runs"]["untrained"]["lab-addition"]["all"]
@@ -112,3 +108,57 @@ def test_the_prm_stage_labels_trains_evaluates_and_filters(lab_run: Path) -> Non
     assert all(r["step_scores"] is not None for r in passed)
     export = json.loads((lab_run / "exports" / "sft-prm" / "export.json").read_text())
     assert export["rows"] == len(passed)
+
+
+def test_the_viewer_serves_every_stage_of_the_run(lab_run: Path) -> None:
+    """Issue 25: `distill view` on a lab run (what `make view DIR=out/demo` does after `make demo`) lists every
+    stage's dataset and the eval, and serves each one's table, summary and a sample, and the eval's report."""
+    import re
+    import signal
+    import subprocess
+    import urllib.parse
+    import urllib.request
+
+    from conftest import DISTILL, ROOT
+
+    from pipelines.foreign import load_records
+
+    process = subprocess.Popen([*DISTILL, "view", str(lab_run), "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        url = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
+        assert url, line
+
+        def get(path: str, **query: str) -> str:
+            with urllib.request.urlopen(url.group(1) + path + "?" + urllib.parse.urlencode(query), timeout=60) as r:
+                assert r.status == 200, (path, query)
+                return r.read().decode()
+
+        index = get("")
+        stages = sorted(str(d.relative_to(lab_run)) for d in (lab_run / "traces").iterdir()
+                        if any(d.glob("data-*.parquet")))
+        assert {"traces/filtered", "traces/prm"} <= set(stages), stages
+        for rel in [*stages, "eval"]:
+            assert f"at={urllib.parse.quote(rel, safe='')}" in index or f"at={rel}" in index, rel
+        for rel in stages:
+            records = load_records(lab_run / rel)
+            stats = json.loads((lab_run / rel / "__meta__" / "stats.json").read_text())
+            assert f"{len(records)}" in get("table", at=rel), rel
+            assert re.search(rf"<strong>{stats['samples']}</strong> samples.*{stats['kept']} kept",
+                             get("summary", at=rel), re.S), rel
+            first = next(r for r in records if r["kept"])
+            sample = get("sample", at=rel, pid=str(first["problem_id"]), s=str(first["sample_index"]))
+            assert first["problem"].split()[-1] in sample, rel
+        report = get("eval", at="eval")
+        for model in ("teacher", "untrained", "sft", "kd"):
+            assert model in report
+        plot = re.search(r"/plot\?[^\"']+", report)
+        assert plot, "the eval page shows no plot"
+        with urllib.request.urlopen(url.group(1) + plot.group(0).lstrip("/").replace("&amp;", "&"),
+                                    timeout=60) as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("image/")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
