@@ -155,8 +155,9 @@ def test_kd_targets_line_up_with_assistant_tokens_and_train(tmp_path: Path, trac
         start, end = assistant_span(tokenizer, ids)
         assert [p for p, label in enumerate(labels) if label != -100] == list(range(start, end + 1))
         on = [p for p in range(len(ids)) if mask[p][0]]
-        # Axolotl masks target p by label p: every assistant token, plus <|im_end|>
-        assert on == list(range(start, end + 1))
+        # target p is over token p + 1, trained when token p + 1 is: the positions before every assistant token and
+        # <|im_end|> (Axolotl's own type masks by label p: it drops the first and trains one past <|im_end|>)
+        assert on == list(range(start - 1, end))
         # by hand: the turn opens with <thought>, so the target just before it (the prompt's last token) has
         # <thought> as the teacher's most likely token, and the target at the last content token is over <|im_end|>
         assert ids[start] == thought and target_ids[start - 1][0] == thought
