@@ -135,6 +135,9 @@ class OnPolicyArms(Strict):
     max_steps: int | None = Field(None, ge=1)  # a cap on a round's steps
     learning_rate: float = Field(1e-3, ge=0.0)
     kd_beta: float = Field(1.0, ge=0.0, le=1.0)
+    # how the student samples each round: its own vLLM server (a start per round) or in-process transformers
+    sampling: Literal["serve", "transformers"] = "serve"
+    eval_every: int = Field(1, ge=1)  # evaluate round 0, every n-th round and the last
     arms: dict[str, Arm] = {"onpolicy": Arm(lmbda=1.0), "offpolicy": Arm(lmbda=0.0)}
 
 

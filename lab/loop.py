@@ -302,7 +302,7 @@ class Loop:
                           "prompts": str(self.out / "spec-filtered.yaml"), "rounds": o.rounds, "lmbda": spec.lmbda,
                           "offpolicy": str(exports[("kd", "filtered", False, self.cfg.generation.top_logprobs)]),
                           "seed": seed,
-                          "sampling": {"prompts_per_round": o.prompts_per_round,
+                          "sampling": {"backend": o.sampling, "prompts_per_round": o.prompts_per_round,
                                        "samples_per_prompt": o.samples_per_prompt,
                                        "temperature": 1.0, "max_new_tokens": self.cfg.generation.max_new_tokens,
                                        "max_model_len": 1024},
@@ -315,7 +315,8 @@ class Loop:
                                        "overrides": {"micro_batch_size": self.cfg.students.micro_batch_size,
                                                      "lr_scheduler": "constant"}},  # short rounds: no decay
                           "evaluation": {"set": str(self.out / "eval-set.yaml"),
-                                         "samples": self.cfg.evaluation.num_samples,
+                                         "samples": self.cfg.evaluation.num_samples, "every": o.eval_every,
+                                         "batch_size": self.cfg.evaluation.batch_size,
                                          "temperature": self.cfg.evaluation.temperature},
                           "out": str(out)}
                 path = self.out / "configs" / f"onpolicy-{arm}-s{seed}.yaml"
@@ -528,36 +529,44 @@ def data_table(traces: dict[str, Path], cfg: LabConfig) -> str:
 
 
 def onpolicy_table(histories: dict[tuple[str, int], list[dict[str, Any]]], arms: list[str], seeds: list[int],
-                   plot: Path) -> str:
-    """pass@1 per round and arm (mean over seeds, sd), the teacher's scored targets per round, and a plot."""
+                   plot: Path, baseline: str | None = None) -> str:
+    """pass@1 per evaluated round and arm (mean over seeds, sd), the teacher-scored targets summed over the rounds
+    so far (the teacher budget), a plot, and the last round paired per seed against ``baseline`` (an arm; default
+    the off-policy arm named ``offpolicy`` when there is one)."""
     import statistics
+
+    from lab.compare import write_comparison
 
     rounds = max(len(h) for h in histories.values())
     lines = ["", "| round | " + " | ".join(f"{a} pass@1 (sd)" for a in arms) + " | "
-             + " | ".join(f"{a} teacher-scored targets" for a in arms) + " |",
+             + " | ".join(f"{a} teacher-scored targets, cumulative" for a in arms) + " |",
              "|---" * (1 + 2 * len(arms)) + "|"]
-    curves: dict[str, list[float]] = {a: [] for a in arms}
+    curves: dict[str, list[tuple[int, float]]] = {a: [] for a in arms}
     for r in range(rounds):
-        cells, tokens = [], []
+        cells, tokens, evaluated = [], [], False
         for arm in arms:
-            values = [histories[(arm, s)][r].get("pass@1") for s in seeds if len(histories[(arm, s)]) > r]
-            values = [v for v in values if v is not None]
-            mean = statistics.mean(values) if values else float("nan")
-            curves[arm].append(mean)
-            sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{mean:.1%} ({sd:.1%})")
-            scored = [histories[(arm, s)][r].get("teacher_scored_targets") or 0 for s in seeds
-                      if len(histories[(arm, s)]) > r]
-            tokens.append(str(round(statistics.mean(scored))) if scored else "–")
-        lines.append(f"| {r} | " + " | ".join(cells) + " | " + " | ".join(tokens) + " |")
+            runs = [histories[(arm, s)] for s in seeds if len(histories[(arm, s)]) > r]
+            values = [h[r]["pass@1"] for h in runs if h[r].get("pass@1") is not None]
+            if values:
+                evaluated = True
+                mean = statistics.mean(values)
+                curves[arm].append((r, mean))
+                sd = statistics.stdev(values) if len(values) > 1 else 0.0
+                cells.append(f"{mean:.1%} ({sd:.1%})")
+            else:
+                cells.append("–")
+            spent = [sum(h[i].get("teacher_scored_targets") or 0 for i in range(r + 1)) for h in runs]
+            tokens.append(f"{round(statistics.mean(spent)):,}" if spent and r else "–")
+        if evaluated:
+            lines.append(f"| {r} | " + " | ".join(cells) + " | " + " | ".join(tokens) + " |")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for arm, ys in curves.items():
-        ax.plot(range(len(ys)), [100 * y for y in ys], marker="o", label=arm)
+    for arm, points in curves.items():
+        ax.plot([r for r, _ in points], [100 * y for _, y in points], marker="o", label=arm)
     ax.set_xlabel("round")
     ax.set_ylabel("held-out pass@1 (%)")
     ax.set_xticks(range(rounds))
@@ -566,7 +575,14 @@ def onpolicy_table(histories: dict[tuple[str, int], list[dict[str, Any]]], arms:
     plot.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(plot, dpi=100)
     plt.close(fig)
-    return "\n".join(lines) + f"\n\n![on-policy vs off-policy]({plot})\n"
+    out = "\n".join(lines) + f"\n\n![on-policy vs off-policy]({plot})\n"
+    baseline = baseline or ("offpolicy" if "offpolicy" in arms else None)
+    last = {arm: {s: h[-1]["pass@1"] for s in seeds if (h := histories[(arm, s)]) and h[-1].get("pass@1") is not None}
+            for arm in arms}
+    if baseline in last and len(last[baseline]) >= 2:
+        out += "\nThe last round, paired per seed (each seed's arms start from the same checkpoint):\n" + \
+            write_comparison(last, baseline, plot.parent)
+    return out
 
 
 def _share(total: int, parts: int, index: int) -> int:

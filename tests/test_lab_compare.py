@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -225,3 +226,26 @@ def test_the_diagnostic_refuses_a_k_above_the_exports(diagnostic_export: tuple[P
     assert set(digits) == set("0123456789")  # "7" and " 7" alike: a digit token with or without its space
     with pytest.raises(ValueError, match="top 5, fewer than k = 6"):
         traces_from_export(export, tokenizer, 6)
+
+
+def test_the_onpolicy_table_skips_unevaluated_rounds_and_pairs_the_last(tmp_path: Path) -> None:
+    """Rounds evaluated every 2nd: rows for 0, 2 and 3 only; the teacher budget is cumulative; the last round is
+    paired per seed against the off-policy arm."""
+    from lab.loop import onpolicy_table
+
+    def history(start: float, step: float, scored: int) -> list[dict[str, Any]]:
+        return [{"round": 0, "pass@1": start}] + [
+            {"round": r, "teacher_scored_targets": scored, **({"pass@1": start + r * step} if r in (2, 3) else {})}
+            for r in (1, 2, 3)]
+
+    histories = {("onpolicy", s): history(0.5 + s / 100, 0.04, 100) for s in range(3)}
+    histories |= {("offpolicy", s): history(0.5 + s / 100, 0.01 * (s + 1), 110) for s in range(3)}
+    table = onpolicy_table(histories, ["onpolicy", "offpolicy"], [0, 1, 2], tmp_path / "rounds.png")
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split(" | ")[0] for row in rows] == ["| 0", "| 2", "| 3"]
+    assert rows[1].endswith("| 200 | 220 |") and rows[2].endswith("| 300 | 330 |")
+    comparison = json.loads((tmp_path / "compare.json").read_text())
+    differences = comparison["arms"]["onpolicy"]["difference"]["per_seed"]
+    assert comparison["baseline"] == "offpolicy"
+    assert [round(100 * d, 6) for d in differences.values()] == [9.0, 6.0, 3.0]  # 3 x (0.04 - 0.01 (s + 1))
+    assert (tmp_path / "rounds.png").exists() and (tmp_path / "plots" / "compare-paired.png").exists()

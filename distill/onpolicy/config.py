@@ -20,7 +20,11 @@ class TeacherEndpoint(Strict):
 
 
 class Sampling(Strict):
-    """How the student samples the round's prompts (its own vLLM server, started per round)."""
+    """How the student samples the round's prompts: its own vLLM server, started per round (``serve``), or
+    in-process with transformers (``transformers``: no server start, seeded per batch; for tiny CPU students
+    such as the lab's, where a vLLM start costs more than the sampling)."""
+
+    backend: Literal["serve", "transformers"] = "serve"
 
     prompts_per_round: int = Field(100, ge=1)  # round r takes the source's problems [r*N, (r+1)*N)
     samples_per_prompt: int = Field(2, ge=1, le=64)
@@ -63,6 +67,9 @@ class Evaluation(Strict):
     temperature: float = Field(0.6, ge=0.0, le=2.0)
     max_new_tokens: int | None = Field(None, ge=1)
     limit: int | None = Field(None, ge=1)
+    # evaluate round 0, every `every`-th round and the last (1: every round); the rounds between train unevaluated
+    every: int = Field(1, ge=1)
+    batch_size: int | None = Field(None, ge=1)  # problems per generate() call in-process (`distill eval`'s)
     offline: bool = False  # a shipped set's local copy instead of the Hub
     backend: Literal["auto", "serve", "transformers"] = "auto"  # auto: in-process without a GPU
 
@@ -76,6 +83,10 @@ class OnPolicyConfig(Strict):
     # GKD's lambda: the share of each round's KD rows sampled by the student; the rest comes from `offpolicy`
     lmbda: float = Field(1.0, ge=0.0, le=1.0)
     offpolicy: str | None = None  # a `distill export --format kd` folder of the teacher's own traces
+    # lmbda 0 (the off-policy baseline): rows drawn from `offpolicy` per round, without replacement across rounds
+    # (a seeded order, wrapping around when it runs out). Default: prompts_per_round x samples_per_prompt, the rows
+    # an on-policy round has the teacher score, so the two arms spend an equal teacher budget.
+    offpolicy_rows: int | None = Field(None, ge=1)
     sampling: Sampling = Sampling()
     training: Training = Training()
     evaluation: Evaluation | None = None

@@ -47,16 +47,20 @@ def round_problems(spec: DatasetSpec, round_index: int, per_round: int) -> list[
     return [rows[(start + i) % len(rows)] for i in range(per_round)]
 
 
-def round_spec(base: DatasetSpec, cfg: OnPolicyConfig, round_index: int, source: Path, url: str,
+def round_spec(base: DatasetSpec, cfg: OnPolicyConfig, round_index: int, source: Path, url: str | None,
                served_name: str) -> DatasetSpec:
+    """The round's sampling spec: the student behind ``url`` (its vLLM server, served as ``served_name``), or with
+    ``url`` None the checkpoint ``served_name`` in-process (transformers, seeded by the round)."""
     s = cfg.sampling
     spec = base.model_copy(deep=True)
     spec.name = f"{cfg.name}-round-{round_index}"
     spec.source = spec.source.model_copy(update={"path": str(source), "problem_field": "problem",
                                                   "answer_field": "gold", "id_field": "problem_id",
                                                   "config": None, "split": "train"})
+    server = {"backend": "openai", "base_url": url, "seed": None} if url else \
+        {"backend": "transformers", "seed": cfg.seed + round_index}
     spec.teacher = spec.teacher.model_copy(update={
-        "backend": "openai", "model": served_name, "base_url": url, "num_samples": s.samples_per_prompt,
+        **server, "model": served_name, "num_samples": s.samples_per_prompt,
         "temperature": s.temperature, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens, "top_logprobs": None,
         "max_concurrency": 16})
     spec.verification = "none"
@@ -67,10 +71,13 @@ def round_spec(base: DatasetSpec, cfg: OnPolicyConfig, round_index: int, source:
 
 
 def mix_offpolicy(export_dir: Path | None, offpolicy: Path, lmbda: float, out_dir: Path, seed: int,
-                  student: str) -> dict[str, Any]:
-    """The round's KD rows plus a seeded sample of off-policy rows, so that the on-policy share is ``lmbda``
-    (0: the off-policy rows alone, ``export_dir`` unused). The off-policy targets are token ids: the export must
-    have been made with the student's tokenizer."""
+                  student: str, rows_per_round: int | None = None, round_index: int = 1) -> dict[str, Any]:
+    """The round's KD rows plus a seeded sample of off-policy rows, so that the on-policy share is ``lmbda``.
+
+    ``lmbda`` 0 (the off-policy baseline, ``export_dir`` unused): ``rows_per_round`` rows (default: all of them),
+    round r taking places [(r-1)*N, r*N) of one order seeded by ``seed`` (the same every round), so rounds draw
+    fresh rows until the export runs out and then wrap around. The off-policy targets are token ids: the export
+    must have been made with the student's tokenizer."""
     from distill.axolotl.export import MANIFEST, read_manifest, tokenizer_sha256
     from distill.axolotl.shared_tokenizer import load_tokenizer
 
@@ -82,9 +89,16 @@ def mix_offpolicy(export_dir: Path | None, offpolicy: Path, lmbda: float, out_di
                         f"({student}); export the teacher's traces with --student {student}")
     on_rows = pq.read_table(export_dir / manifest["files"][0]["path"]).to_pylist() if export_dir is not None else []
     off_rows = [r for f in other["files"] for r in pq.read_table(offpolicy / f["path"]).to_pylist()]
-    want = len(off_rows) if lmbda == 0 else round(len(on_rows) * (1 - lmbda) / lmbda)
     rng = random.Random(seed)
-    picked = [off_rows[rng.randrange(len(off_rows))] for _ in range(want)] if off_rows else []
+    if lmbda == 0:
+        order = list(range(len(off_rows)))
+        rng.shuffle(order)
+        want = rows_per_round or len(off_rows)
+        start = (round_index - 1) * want
+        picked = [off_rows[order[(start + i) % len(order)]] for i in range(want)] if off_rows else []
+    else:
+        want = round(len(on_rows) * (1 - lmbda) / lmbda)
+        picked = [off_rows[rng.randrange(len(off_rows))] for _ in range(want)] if off_rows else []
     rows = ([] if lmbda == 0 else on_rows) + picked
     rng.shuffle(rows)
     columns = sorted(set(on_rows[0]) & set(picked[0])) if on_rows and picked else None
@@ -134,6 +148,11 @@ class Rounds:
         source.write_text("".join(json.dumps(p) + "\n" for p in round_problems(
             self.base, r, self.cfg.sampling.prompts_per_round)), encoding="utf-8")
         s = self.cfg.sampling
+        if s.backend == "transformers":
+            spec = round_spec(self.base, self.cfg, r, source, None, checkpoint)
+            self.echo(f"  round {r}: the student {checkpoint} samples {s.prompts_per_round} prompts x "
+                      f"{s.samples_per_prompt} in-process (transformers)")
+            return run_subjob(spec, folder / "samples", folder / "samples.yaml", folder / "samples.log")
         serve = ServeConfig(model=checkpoint, name=f"{self.cfg.name}-student-{r}", port=free_port(),
                             dtype=s.dtype or ("float32" if self.cpu else "auto"), max_model_len=s.max_model_len,
                             seed=self.cfg.seed + r, log_dir=folder / "serve")
@@ -219,13 +238,14 @@ class Rounds:
         from distill.eval.evaluate import evaluate
 
         e = self.cfg.evaluation
-        if e is None:
+        if e is None or (r % e.every and r != self.cfg.rounds):
             return None
         name = f"round-{r}"
         out = self.cfg.out / f"round-{r}" / "eval"
         cfg = EvalConfig(sets=[e.set], out=out, samples=e.samples, temperature=e.temperature,
                          max_new_tokens=e.max_new_tokens, limit=e.limit, offline=e.offline,
-                         models=[ModelConfig(name=name, path=checkpoint, backend=e.backend if e.backend != "auto"
+                         models=[ModelConfig(name=name, path=checkpoint, batch_size=e.batch_size,
+                                             backend=e.backend if e.backend != "auto"
                                              else "transformers" if self.cpu else "serve")])
         results = evaluate(cfg)
         run = next(iter(results["runs"][name].values()))
@@ -247,7 +267,10 @@ class Rounds:
             if cfg.lmbda == 0:  # all off-policy: nothing of the student's is graded (the baseline arm)
                 stats, data = {"samples": 0}, folder / "data"
                 if not (data / "export.json").exists():
-                    mix_offpolicy(None, Path(cfg.offpolicy), 0.0, data, cfg.seed + r, checkpoint)
+                    s = cfg.sampling
+                    mix_offpolicy(None, Path(cfg.offpolicy), 0.0, data, cfg.seed, checkpoint,
+                                  rows_per_round=cfg.offpolicy_rows or s.prompts_per_round * s.samples_per_prompt,
+                                  round_index=r)
             else:
                 stats = self.sample(r, checkpoint, folder)
                 data = self.grade(r, checkpoint, folder)
