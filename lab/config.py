@@ -175,6 +175,9 @@ class LabConfig(Strict):
     onpolicy: OnPolicyArms | None = None
     prm: PrmRecipe | None = None
     diagnostic: Diagnostic | None = None
+    # the summary maps each variant's tokens per answer to ms per clean-up of a 1.5B 8da4w student on the seed's
+    # devices (lab/projection.py), with the variant that fits 450 ms best on each
+    latency_projection: bool = False
     problems_seed: int = 0
 
     @model_validator(mode="after")

@@ -432,12 +432,22 @@ class Loop:
         results = json.loads((results_dir / "results.json").read_text())
         diagnostics = self.diagnose(diagnostic_rows, teacher, inits, trained) if diagnostic_rows else None
         summary = summarize(results, self.cfg) + data_table(traces, self.cfg) \
-            + self.comparison(results, results_dir, diagnostics) + prm_summary + onpolicy
+            + self.comparison(results, results_dir, diagnostics) + prm_summary + onpolicy \
+            + self.projection(results, results_dir)
         (results_dir / "lab-summary.md").write_text(summary, encoding="utf-8")
         self.stage(7, f"results: {results_dir}/report.md, plots in {results_dir}/plots, summary below")
         self.echo(summary)
         return results
 
+
+    def projection(self, results: dict[str, Any], results_dir: Path) -> str:
+        """With ``latency_projection``: each variant's tokens per answer as ms per clean-up on the seed's devices."""
+        if not self.cfg.latency_projection:
+            return ""
+        from lab.projection import arm_points, projection_markdown
+
+        points = arm_points(results, [v.name for v in self.cfg.students.variants], self.cfg.students.seeds)
+        return projection_markdown(points, results_dir / "plots" / "budget-latency.png")
 
     def comparison(self, results: dict[str, Any], results_dir: Path,
                    diagnostics: dict[str, dict[str, float]] | None) -> str:

@@ -169,3 +169,35 @@ def test_the_loop_counts_the_stripped_thought_with_the_teachers_tokenizer(tmp_pa
         assert thought_tokens > 5 and row["completion_tokens"] == before["completion_tokens"] - thought_tokens
         assert row["completion_tokens"] == count(row["completion"]) + 1  # the answer and the end of turn
     assert "5 rows" in said[-1]
+
+
+def test_the_latency_projection_matches_the_benchmarks_table_and_picks_the_best_arm_within_450_ms(
+        tmp_path: Path) -> None:
+    """lab/projection.py: Qwen2-1.5B at 4.5 bits reads 0.87 GB a token (docs/benchmarks.md's projection), so the
+    M3's GPU decodes ~97 tok/s and prefills 64 tokens in ~73 ms; an arm fits 450 ms on a device only when its
+    tokens do, and the best fitting arm is the most accurate of those."""
+    from lab.projection import BUDGET_MS, BYTES_PER_TOKEN, DEVICES, arm_points, projection_markdown
+
+    assert round(BYTES_PER_TOKEN / 1e9, 2) == 0.87
+    gpu, cpu, phone, here = DEVICES
+    assert round(gpu.decode_tok_s) == 97 and round(gpu.ms(0)) == 73 and round(cpu.decode_tok_s) == 53
+    assert round(here.decode_tok_s, 1) == 13.9 and round(here.ms(0)) == 452  # the measured row gives back its input
+    assert gpu.ms(gpu.tokens_within()) <= BUDGET_MS < gpu.ms(gpu.tokens_within() + 1)
+    assert phone.tokens_within() < cpu.tokens_within() < gpu.tokens_within()
+
+    def run(pass1: float, chrf: float, tokens: float) -> dict[str, object]:
+        return {"clean": None, "all": {"pass@1": pass1, "chrf": chrf, "tokens": {"mean": tokens}}}
+
+    results = {"sets": {"lab-dictation": {}}, "runs": {
+        "full-s0": {"lab-dictation": run(0.9, 0.95, 45)}, "full-s1": {"lab-dictation": run(0.8, 0.93, 47)},
+        "answer-only-s0": {"lab-dictation": run(0.7, 0.90, 12)},
+        "answer-only-s1": {"lab-dictation": run(0.6, 0.88, 14)}}}
+    points = arm_points(results, ["full", "answer-only"], [0, 1])
+    assert round(points["full"]["pass@1"], 6) == 0.85 and points["answer-only"]["tokens"] == 13
+    markdown = projection_markdown(points, tmp_path / "budget.png")
+    best = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")[-1]
+            for line in markdown.splitlines() if line.startswith("| ") and "tok" not in line}
+    # the full arm's 46 tokens take the M3's GPU 73 + 46 x 10.3 = 548 ms; the answer-only arm's 13 fit
+    assert gpu.ms(46) > BUDGET_MS >= gpu.ms(13)
+    assert best[gpu.name] == "answer-only" and best[phone.name] == "none"
+    assert (tmp_path / "budget.png").exists()
