@@ -214,3 +214,8 @@ def load_lab_config(name_or_path: str | None, overrides: dict[str, Any] | None =
         where = ".".join(map(str, first["loc"]))
         raise SpecError(f"{path.name}: " + (f"{where}: " if where else "")
                         + first["msg"].removeprefix("Value error, ")) from None
+
+
+def model_name(variant: str, seed: int, seeds: int) -> str:
+    """A student's name in the lab's eval: the variant, with its seed when there are several."""
+    return variant if seeds == 1 else f"{variant}-s{seed}"

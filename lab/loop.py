@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from distill.axolotl.configs import LEGACY_LOSS, loss_for_kd_beta
-from lab.config import LabConfig, Variant
+from lab.config import LabConfig, Variant, model_name  # noqa: F401  (model_name re-exported)
 from lab.tasks import get_task, problems
 from pipelines.run.subjob import run_subjob
 from pipelines.spec import SpecError, load_spec
@@ -476,10 +476,6 @@ def _export_digest(config: Path) -> bytes:
     datasets = yaml.safe_load(config.read_text()).get("datasets") or []
     files = [Path(d["path"]) for d in datasets]
     return b"".join(hashlib.sha256(f.read_bytes()).digest() for f in files if f.is_file())
-
-
-def model_name(variant: str, seed: int, seeds: int) -> str:
-    return variant if seeds == 1 else f"{variant}-s{seed}"
 
 
 def summarize(results: dict[str, Any], cfg: LabConfig) -> str:

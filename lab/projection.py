@@ -70,7 +70,7 @@ DEVICES = (
 def arm_points(results: dict[str, Any], arms: list[str], seeds: list[int]) -> dict[str, dict[str, Any]]:
     """Per arm: pass@1, chrF and tokens per answer, each the mean over the arm's seeds (and the per-seed values),
     from `distill eval`'s results.json."""
-    from lab.loop import model_name
+    from lab.config import model_name
 
     (set_name,) = results["sets"]
     points: dict[str, dict[str, Any]] = {}

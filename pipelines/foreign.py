@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from pipelines.spec import SpecError
 from pipelines.trace.parse import normalise, parse_trace
+from prm.jsonl import json_lines
 
 PROBLEM = ("problem", "question", "prompt", "instruction", "query", "input")
 THOUGHT = ("thought", "reasoning", "reasoning_content", "thinking", "thinking_trajectory", "deepseek_reasoning",
@@ -43,13 +44,7 @@ def _read_json_lines(path: Path) -> list[dict[str, Any]]:
     if text.lstrip().startswith("["):
         rows = json.loads(text)
     else:
-        rows = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise SpecError(f"{path}:{number}: not valid JSON ({exc.msg}); fix or remove that line") from None
+        rows = [row for _, row in json_lines(path, text=text)]
     return [r for r in rows if isinstance(r, dict)]
 
 

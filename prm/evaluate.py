@@ -7,7 +7,6 @@ prediction must be -1); F1 is their harmonic mean, as in ProcessBench (Zheng et 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from prm.aggregate import first_error
 from prm.config import SpecError
+from prm.jsonl import json_lines
 
 MINI_SET = Path(__file__).parent / "data" / "processbench_mini.jsonl"
 
@@ -40,11 +40,8 @@ def load_labelled(path: Path) -> list[LabelledTrace]:
     if not path.is_file():
         raise SpecError(f"--data: {path} not found; give a jsonl with problem, steps, label")
     traces = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, row in json_lines(path, "--data"):
         try:
-            row = json.loads(line)
             if "completions" in row:  # TRL stepwise: the first false label is the first wrong step
                 row = {**row, "problem": row["prompt"], "steps": row["completions"],
                        "label": first_false(row["labels"])}

@@ -128,14 +128,13 @@ def read_check_prompts(path: Path) -> list[str]:
     """The `question` of each JSONL row (a problems file, as `distill run` reads)."""
     if not path.is_file():
         raise SpecError(f"--check-prompts: {path} is not a file")
+    from prm.jsonl import json_lines
+
     prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            prompts.append(str(json.loads(line)["question"]))
-        except (ValueError, KeyError, TypeError):
-            raise SpecError(f"--check-prompts: {path}:{number} is not a JSON object with a `question`") from None
+    for number, row in json_lines(path, "--check-prompts"):
+        if not isinstance(row, dict) or "question" not in row:
+            raise SpecError(f"--check-prompts: {path}:{number} is not a JSON object with a `question`")
+        prompts.append(str(row["question"]))
     if not prompts:
         raise SpecError(f"--check-prompts: {path} has no prompts")
     return prompts
