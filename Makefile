@@ -70,7 +70,7 @@ setup-ondevice: $(VENV_ONDEVICE)/$(STAMP) ## Create .venv-ondevice with ExecuTor
 $(VENV_ONDEVICE)/$(STAMP):
 	$(PYTHON) -m venv $(VENV_ONDEVICE)
 	$(VENV_ONDEVICE)/bin/pip install --quiet --upgrade pip
-	$(VENV_ONDEVICE)/bin/pip install --quiet --no-deps --index-url $(TORCH_CPU_INDEX) torch==2.13.0
+	$(VENV_ONDEVICE)/bin/pip install --quiet --no-deps --retries 0 --timeout 15 --index-url $(TORCH_CPU_INDEX) torch==2.13.0
 	$(VENV_ONDEVICE)/bin/pip install --quiet torch==2.13.0 executorch==$(EXECUTORCH_VERSION) transformers==$(ONDEVICE_TRANSFORMERS)
 	$(VENV_ONDEVICE)/bin/python -c "import torch, executorch.version as v; from executorch.extension.pybindings import portable_lib; assert not torch.version.cuda, torch.__version__; print('executorch', v.__version__, 'torch', torch.__version__)"
 	touch $@

@@ -122,9 +122,14 @@ def test_executorch_flags_errors_name_the_field(tmp_path: Path) -> None:
     student = build_student(tmp_path / "student", 0)
     bad = tmp_path / "prompts.jsonl"
     bad.write_text('{"question": "um the cat"}\nnot json\n')
+    no_question = tmp_path / "rows.jsonl"
+    no_question.write_text('{"question": "um the cat"}\n\n{"text": "the cat"}\n')
     for args, message in [(("--target", "tpu"), "--target:"),
                           (("--quantize", "fp32"), "--quantize: fp32 is for --target executorch"),
-                          (("--target", "executorch", "--check-prompts", bad), f"--check-prompts: {bad}:2 is not"),
+                          (("--target", "executorch", "--check-prompts", bad),
+                           f"--check-prompts: {bad}:2: not valid JSON (Expecting value); fix or remove that line"),
+                          (("--target", "executorch", "--check-prompts", no_question),
+                           f"--check-prompts: {no_question}:3 is not a JSON object with a `question`"),
                           (("--target", "executorch", "--check-prompts", tmp_path / "absent"), "--check-prompts:")]:
         result = run_distill("export-model", student, *args, "--out", tmp_path / "x", check=False)
         assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), \
