@@ -41,10 +41,7 @@ def traces_from_export(export_file: Path, tokenizer: Any, k: int) -> list[Forced
     content and its end-of-turn token from (the template's tokens after it are left out). The export's lists are
     right-aligned: they start one position before the assistant content and end on the last token."""
     traces = []
-    for line in export_file.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for row in _export_rows(export_file):
         turn = student_turn(tokenizer, row["messages"])
         if turn is None:
             continue
@@ -60,14 +57,27 @@ def traces_from_export(export_file: Path, tokenizer: Any, k: int) -> list[Forced
     return traces
 
 
+def _export_rows(export_file: Path) -> list[dict[str, Any]]:
+    """A KD export's rows: its ``train.jsonl`` (the diagnostic's own export) or a ``.parquet`` (a training export)."""
+    if export_file.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(export_file).to_pylist()
+    return [json.loads(line) for line in export_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def mass_report(model: Any, traces: list[ForcedTrace], digit_ids: list[int]) -> dict[str, float]:
     """Means over every predicted position: ``topk_mass`` (the student's probability on the teacher's top-k ids),
-    ``digit_mass_outside`` (on digit ids outside them), and ``teacher_topk_mass`` (the teacher's own on the same
-    ids, the block's ceiling for a student that matches the teacher)."""
+    ``digit_mass_outside`` (on digit ids outside them), ``teacher_topk_mass`` (the teacher's own on the same ids,
+    the block's ceiling for a student that matches the teacher); ``top1_agree`` (the student's most likely token
+    is the teacher's), ``teacher_top1_mass`` (the student's probability on the teacher's most likely token), and
+    the divergences over the k + 1 outcomes of the factory's KD losses (the teacher's top k and a tail bucket):
+    ``forward_kl`` KL(p || q), ``reverse_kl`` KL(q || p), and ``reverse_kl_over_0.1`` (the share of positions
+    where the reverse KL exceeds 0.1 nats)."""
     import torch
 
     digits = torch.tensor(digit_ids, dtype=torch.long)
-    topk_sum = digit_sum = teacher_sum = 0.0
+    topk_sum = digit_sum = teacher_sum = agree = top1 = forward = reverse = stuck = 0.0
     positions = 0
     model.eval()
     with torch.no_grad():
@@ -82,11 +92,23 @@ def mass_report(model: Any, traces: list[ForcedTrace], digit_ids: list[int]) -> 
             digit_probs = probs[:, digits] * outside[:, digits]
             digit_sum += digit_probs.sum().item()
             teacher_sum += sum(math.exp(v) for row in trace.top_logprobs for v in row)
+            q = probs.gather(1, ids).clamp_min(1e-12)
+            p = torch.tensor(trace.top_logprobs, dtype=torch.float32).exp()
+            q_all = torch.cat([q, (1 - q.sum(-1, keepdim=True)).clamp_min(1e-12)], -1)
+            p_all = torch.cat([p, (1 - p.sum(-1, keepdim=True)).clamp_min(1e-12)], -1)
+            forward += (p_all * (p_all.log() - q_all.log())).sum().item()
+            per_position = (q_all * (q_all.log() - p_all.log())).sum(-1)
+            reverse += per_position.sum().item()
+            stuck += (per_position > 0.1).sum().item()
+            agree += (probs.argmax(-1) == ids[:, 0]).sum().item()
+            top1 += q[:, 0].sum().item()
             positions += len(rows)
     if not positions:
         raise ValueError("no teacher-forced positions: the diagnostic's export is empty")
     return {"topk_mass": topk_sum / positions, "digit_mass_outside": digit_sum / positions,
-            "teacher_topk_mass": teacher_sum / positions, "positions": positions}
+            "teacher_topk_mass": teacher_sum / positions, "top1_agree": agree / positions,
+            "teacher_top1_mass": top1 / positions, "forward_kl": forward / positions, "reverse_kl": reverse / positions,
+            "reverse_kl_over_0.1": stuck / positions, "positions": positions}
 
 
 def diagnose(models: dict[str, Path], export_file: Path, k: int, out: Path) -> dict[str, dict[str, float]]:

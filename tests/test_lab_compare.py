@@ -203,6 +203,9 @@ def test_teacher_as_its_own_student_puts_its_own_top_k_mass_on_the_block(
     assert own["positions"] > 30
     assert own["topk_mass"] == pytest.approx(own["teacher_topk_mass"], abs=1e-4)
     assert 0.1 < own["topk_mass"] < 0.99  # peaked, with a tail: the check is not trivially 1 or k/V
+    # the teacher is its own optimum over the k + 1 outcomes: both divergences 0, its argmax the teacher's
+    assert own["forward_kl"] < 1e-4 and own["reverse_kl"] < 1e-4 and own["reverse_kl_over_0.1"] == 0
+    assert own["top1_agree"] == 1.0 and own["teacher_top1_mass"] > own["topk_mass"] / 5
     from transformers import AutoTokenizer
 
     from lab.diagnostic import digit_token_ids
@@ -213,6 +216,15 @@ def test_teacher_as_its_own_student_puts_its_own_top_k_mass_on_the_block(
     assert random["topk_mass"] == pytest.approx(5 / vocab, rel=0.5)  # a random init: about k/V
     assert random["digit_mass_outside"] == pytest.approx(digits / vocab, rel=0.5)  # few digits in the top 5
     assert json.loads((tmp_path / "diagnostic.json").read_text())["random"]["top_k"] == 5
+    # a random init is away from the teacher on both divergences (this random teacher is flat: its tail holds 0.85,
+    # so neither is large), and puts little mass on the teacher's most likely token
+    assert random["forward_kl"] > 0.1 and random["reverse_kl"] > 0.05 and random["reverse_kl_over_0.1"] > 0.25
+    assert random["teacher_top1_mass"] < 0.05
+    # a training export (parquet) reads as the diagnostic's jsonl
+    parquet = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist([json.loads(line) for line in export.read_text().splitlines()]), parquet)
+    again = diagnose({"teacher": teacher}, parquet, 5, tmp_path / "again.json")["teacher"]
+    assert again == {**own, "top_k": 5}
 
 
 def test_the_diagnostic_refuses_a_k_above_the_exports(diagnostic_export: tuple[Path, Path, Path]) -> None:
