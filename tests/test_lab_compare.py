@@ -261,3 +261,11 @@ def test_the_onpolicy_table_skips_unevaluated_rounds_and_pairs_the_last(tmp_path
     assert comparison["baseline"] == "offpolicy"
     assert [round(100 * d, 6) for d in differences.values()] == [9.0, 6.0, 3.0]  # 3 x (0.04 - 0.01 (s + 1))
     assert (tmp_path / "rounds.png").exists() and (tmp_path / "plots" / "compare-paired.png").exists()
+
+
+@pytest.mark.parametrize("config", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "lab" / "configs")
+                                          .glob("*.yaml")))
+def test_every_shipped_lab_config_loads(config: str) -> None:
+    """`distill lab run NAME` for each lab/configs/NAME.yaml gets past its settings (the runs are commands)."""
+    cfg = load_lab_config(config)
+    assert cfg.name == config and cfg.students.variants
