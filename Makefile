@@ -78,7 +78,7 @@ $(VENV_ONDEVICE)/$(STAMP):
 test-ondevice: $(VENV)/$(STAMP) $(VENV_ONDEVICE)/$(STAMP) ## The ExecuTorch export test: a tiny student → .pte, loaded and generating in ExecuTorch's runtime
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q tests/test_ondevice_executorch.py $(ARGS)
 
-test: $(VENV)/$(STAMP) $(VENV_TRAIN)/$(STAMP) $(VENV_VLLM)/$(STAMP) ## Run the whole test suite (what CI runs)
+test: $(VENV)/$(STAMP) $(VENV_TRAIN)/$(STAMP) $(VENV_VLLM)/$(STAMP) $(VENV_ONDEVICE)/$(STAMP) ## Run the whole test suite (what CI runs)
 	$(VENV)/bin/lint-imports
 	HF_HUB_OFFLINE=1 $(TRAIN_ENV) $(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=30 $(ARGS)
 

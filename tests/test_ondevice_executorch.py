@@ -3,10 +3,9 @@ generating in ExecuTorch's runtime (.venv-ondevice, `make setup-ondevice`), its 
 
 The student has random weights drawn wide (std 0.3), so its greedy tokens vary from position to position: an fp32
 `.pte` must then reproduce transformers' fp32 tokens exactly (the KV cache, positions and output head all right),
-and the check must tell a different model apart. Runs where .venv-ondevice exists: `make test-ondevice` builds it
-and runs this file. `make test` (CI) does not build it (~3.5 min of setup and 1.7 GB), so there, as anywhere
-without it, the runtime's tests skip rather than fail; the ones that need no runtime (the flags' errors, the timing
-loop every runtime is timed with, the bench's table) run everywhere.
+and the check must tell a different model apart. `make test` (CI) and `make test-ondevice` build .venv-ondevice
+first (~4 min, 1.7 GB); a bare `pytest` without it skips the runtime's tests (CI fails them), and the ones that need
+no runtime (the flags' errors, the timing loop every runtime is timed with, the bench's table) run everywhere.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_distill
+from conftest import require_venv, run_distill
 
 pytestmark = [pytest.mark.ondevice, pytest.mark.slow]
 
@@ -39,8 +38,7 @@ def build_student(out: Path, seed: int) -> Path:
 
 
 def require_runtime() -> None:
-    if not (ROOT / ".venv-ondevice" / "bin" / "python").exists():
-        pytest.skip(".venv-ondevice is missing: `make test-ondevice` builds it and runs these tests")
+    require_venv(".venv-ondevice", "setup-ondevice")  # CI fails without it: make test builds it
 
 
 @pytest.fixture(scope="module")
