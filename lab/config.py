@@ -133,7 +133,11 @@ class OnPolicyArms(Strict):
     samples_per_prompt: int = Field(2, ge=1)
     passes: float = Field(2.0, gt=0.0, le=2.0)  # epochs over a round's rows: the steps follow from the rows
     max_steps: int | None = Field(None, ge=1)  # a cap on a round's steps
-    learning_rate: float = Field(1e-3, ge=0.0)
+    # each round's Axolotl run starts a fresh AdamW from the last checkpoint: its first steps move every weight by
+    # about the learning rate, which at 1e-3 threw a converged lab student off its optimum (docs/lab.md); a short
+    # linear warmup lets the optimizer's second moments settle first
+    learning_rate: float = Field(1e-4, ge=0.0)
+    warmup_steps: int = Field(5, ge=0)
     kd_beta: float = Field(1.0, ge=0.0, le=1.0)
     # how the student samples each round: its own vLLM server (a start per round) or in-process transformers
     sampling: Literal["serve", "transformers"] = "serve"

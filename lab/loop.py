@@ -312,8 +312,10 @@ class Loop:
                                        "reverse_kl": spec.reverse_kl, "kd_alpha": spec.kd_alpha,
                                        "top_k": self.cfg.generation.top_logprobs,
                                        "max_seq_len": 512,
+                                       # short rounds: no decay; a warmup for each round's fresh optimizer
                                        "overrides": {"micro_batch_size": self.cfg.students.micro_batch_size,
-                                                     "lr_scheduler": "constant"}},  # short rounds: no decay
+                                                     "lr_scheduler": "constant_with_warmup" if o.warmup_steps
+                                                     else "constant", "warmup_steps": o.warmup_steps}},
                           "evaluation": {"set": str(self.out / "eval-set.yaml"),
                                          "samples": self.cfg.evaluation.num_samples, "every": o.eval_every,
                                          "batch_size": self.cfg.evaluation.batch_size,

@@ -157,3 +157,35 @@ def test_evaluation_every_n_rounds_keeps_round_0_and_the_last(tmp_path: Path,
     results = [rounds.evaluate(r, "ckpt") for r in range(7)]
     assert evaluated == ["round-0", "round-4", "round-6"]
     assert [r is not None for r in results] == [True, False, False, False, True, False, True]
+
+
+def test_a_round_drawn_from_other_weights_samples_again(tmp_path: Path) -> None:
+    """Round r samples from round r-1's checkpoint; resumed after that checkpoint was retrained (another learning
+    rate), its samples, KD targets and mixed rows are dropped, not trained on; from the same weights they stay."""
+    import os
+
+    from distill.onpolicy.rounds import SAMPLED_FROM, drop_stale_round
+
+    checkpoint = tmp_path / "round-1" / "model"
+    checkpoint.mkdir(parents=True)
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(b"old weights")
+    folder = tmp_path / "round-2"
+    said: list[str] = []
+    folder.mkdir()
+    drop_stale_round(folder, str(checkpoint), said.append)  # a new round: nothing to drop, the weights recorded
+    for name in ("samples", "kd", "data"):
+        (folder / name).mkdir()
+        (folder / name / "part").write_text("x")
+    drop_stale_round(folder, str(checkpoint), said.append)  # resumed, same weights: kept
+    assert all((folder / name / "part").exists() for name in ("samples", "kd", "data")) and not said
+    weights.write_bytes(b"new weights, retrained")
+    os.utime(weights, ns=(1, 1))
+    drop_stale_round(folder, str(checkpoint), said.append)
+    assert not any((folder / name).exists() for name in ("samples", "kd", "data"))
+    assert said == [f"  round-2: its samples came from other weights than {checkpoint}; sampling again"]
+    assert (folder / SAMPLED_FROM).exists()
+    (folder / "samples").mkdir()
+    (folder / SAMPLED_FROM).unlink()  # samples of unknown weights (a run from before the record): dropped
+    drop_stale_round(folder, str(checkpoint), said.append)
+    assert not (folder / "samples").exists()

@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import random
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,34 @@ def token_counts(export_dir: Path) -> dict[str, int]:
     table = pq.read_table(export_dir / manifest["files"][0]["path"], columns=["target_token_ids"])
     targets = sum(len(t) for t in table.column("target_token_ids").to_pylist())
     return {"teacher_scored_targets": targets}
+
+
+SAMPLED_FROM = "sampled-from.json"
+
+
+def checkpoint_fingerprint(checkpoint: str) -> str:
+    """Which weights a checkpoint holds, cheaply: its weight files' names, sizes and modification times (a hub id or
+    a missing folder: the name itself). Round r's samples belong to round r-1's weights: a retrained checkpoint
+    (another learning rate, say) must not inherit samples drawn from the old one."""
+    folder = Path(checkpoint)
+    files = sorted(f for f in folder.glob("*") if f.suffix in (".safetensors", ".bin")) if folder.is_dir() else []
+    text = "\n".join(f"{f.name} {f.stat().st_size} {f.stat().st_mtime_ns}" for f in files) or checkpoint
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def drop_stale_round(folder: Path, checkpoint: str, echo: Callable[[str], Any]) -> None:
+    """Before a round samples: when its files were made from other weights than ``checkpoint`` (or from unknown
+    ones), remove what depends on the samples (samples, KD targets, mixed rows), then record the weights."""
+    marker = folder / SAMPLED_FROM
+    fingerprint = checkpoint_fingerprint(checkpoint)
+    known = json.loads(marker.read_text()).get("fingerprint") if marker.exists() else None
+    if known != fingerprint:
+        stale = [folder / name for name in ("samples", "kd", "data") if (folder / name).exists()]
+        if stale:
+            echo(f"  {folder.name}: its samples came from other weights than {checkpoint}; sampling again")
+        for path in stale:
+            shutil.rmtree(path)
+        marker.write_text(json.dumps({"checkpoint": checkpoint, "fingerprint": fingerprint}) + "\n")
 
 
 class Rounds:
@@ -272,6 +301,7 @@ class Rounds:
                                   rows_per_round=cfg.offpolicy_rows or s.prompts_per_round * s.samples_per_prompt,
                                   round_index=r)
             else:
+                drop_stale_round(folder, checkpoint, self.echo)
                 stats = self.sample(r, checkpoint, folder)
                 data = self.grade(r, checkpoint, folder)
             checkpoint, steps = self.train(r, checkpoint, data, folder)
