@@ -66,6 +66,10 @@ class Variant(Strict):
         if self.loss == "axolotl_legacy" and self.kd_beta != 0:
             raise ValueError(f"kd_beta: {self.kd_beta} with loss axolotl_legacy; Axolotl's truncated reverse KL / "
                              "JSD is not a divergence: reproduce only its forward KL (kd_beta 0)")
+        if self.method == "kd" and self.data == "answer_only":
+            # measured (docs/lab.md, thought budget): on a stripped turn a thinking teacher's top 1 is `<thought>`
+            raise ValueError("data: answer_only with method kd: the thinking teacher's targets on a turn without its "
+                             "thought are for a thought (its top 1 is `<thought>`); use method: sft")
         return self
 
 

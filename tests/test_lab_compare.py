@@ -20,6 +20,8 @@ from lab.config import load_lab_config
 from pipelines.spec import SpecError
 
 VARIANT_ERRORS = [
+    ({"name": "a", "method": "kd", "data": "answer_only"},
+     r"students\.variants\.0: data: answer_only with method kd: the thinking teacher's targets .* use method: sft"),
     ({"name": "a", "method": "sft", "top_k": 5}, r"students\.variants\.0: top_k: 5 is a KD setting"),
     ({"name": "a", "method": "sft", "loss": "axolotl_legacy"},
      r"students\.variants\.0: loss: 'axolotl_legacy' is a KD"),
