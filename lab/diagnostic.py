@@ -63,7 +63,9 @@ def _export_rows(export_file: Path) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         return pq.read_table(export_file).to_pylist()
-    return [json.loads(line) for line in export_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from prm.jsonl import json_lines
+
+    return [row for _, row in json_lines(export_file)]
 
 
 def mass_report(model: Any, traces: list[ForcedTrace], digit_ids: list[int]) -> dict[str, float]:

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from distill.axolotl.configs import LEGACY_LOSS, loss_for_kd_beta
-from lab.config import LabConfig, Variant, model_name  # noqa: F401  (model_name re-exported)
+from lab.config import LabConfig, Variant, model_name
 from lab.tasks import get_task, problems
 from pipelines.run.subjob import run_subjob
 from pipelines.spec import SpecError, load_spec
@@ -440,7 +440,6 @@ class Loop:
         self.stage(7, f"results: {results_dir}/report.md, plots in {results_dir}/plots, summary below")
         self.echo(summary)
         return results
-
 
     def projection(self, results: dict[str, Any], results_dir: Path) -> str:
         """With ``latency_projection``: each variant's tokens per answer as ms per clean-up on the seed's devices."""

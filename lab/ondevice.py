@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from lab.config import load_lab_config
-from lab.loop import Loop, model_name
+from lab.config import load_lab_config, model_name
+from lab.loop import Loop
 
 
 class OnDeviceLoop(Loop):
