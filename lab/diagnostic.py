@@ -133,3 +133,33 @@ def diagnose(models: dict[str, Path], export_file: Path, k: int, out: Path) -> d
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
+
+
+def main() -> None:
+    """``python -m lab.diagnostic EXPORT OUT NAME=MODEL ... [--top-k K] [--rows N]``: the report of each model on
+    the first N rows of a KD export (jsonl or parquet), printed and written to OUT."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("export", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("models", nargs="+", help="name=model folder")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=None, help="only the export's last N rows")
+    args = parser.parse_args()
+    export = args.export
+    if args.rows:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = _export_rows(export)[-args.rows:]
+        export = args.out.with_suffix(".rows.parquet")
+        export.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), export)
+    models = dict(m.split("=", 1) for m in args.models)
+    for name, values in diagnose({n: Path(p) for n, p in models.items()}, export, args.top_k, args.out).items():
+        print(name, " ".join(f"{k} {v:.4f}" for k, v in values.items()))
+
+
+if __name__ == "__main__":
+    main()
