@@ -227,3 +227,11 @@ def load_lab_config(name_or_path: str | None, overrides: dict[str, Any] | None =
 def model_name(variant: str, seed: int, seeds: int) -> str:
     """A student's name in the lab's eval: the variant, with its seed when there are several."""
     return variant if seeds == 1 else f"{variant}-s{seed}"
+
+
+def student_overrides(max_steps: int, micro_batch_size: int, learning_rate: float, seed: int) -> dict[str, Any]:
+    """The `distill config --set` keys every lab student is trained with (the lab's students and its probes):
+    cosine from the learning rate after 10 warmup steps, the seed for Axolotl's data order, enough epochs that
+    ``max_steps`` ends the run."""
+    return {"max_steps": max_steps, "micro_batch_size": micro_batch_size, "learning_rate": learning_rate,
+            "lr_scheduler": "cosine", "warmup_steps": 10, "seed": seed, "logging_steps": 50, "num_epochs": 1000}

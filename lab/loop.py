@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from distill.axolotl.configs import LEGACY_LOSS, loss_for_kd_beta
-from lab.config import LabConfig, Variant, model_name
+from lab.config import LabConfig, Variant, model_name, student_overrides
 from lab.tasks import get_task, problems
 from pipelines.run.subjob import run_subjob
 from pipelines.spec import SpecError, load_spec
@@ -215,9 +215,8 @@ class Loop:
             for v in s.variants:
                 name = model_name(v.name, seed, len(s.seeds))
                 stages = 2 if v.curriculum else 1  # the same total steps, split between the stages
-                overrides = {"max_steps": max(1, s.max_steps // stages), "micro_batch_size": s.micro_batch_size,
-                             "learning_rate": s.learning_rate, "lr_scheduler": "cosine", "warmup_steps": 10,
-                             "seed": seed, "logging_steps": 50, "num_epochs": 1000}
+                overrides = student_overrides(max(1, s.max_steps // stages), s.micro_batch_size, s.learning_rate,
+                                              seed)
                 loss: list[str] = []
                 if v.method == "kd":
                     alpha = s.kd_alpha if v.kd_alpha is None else v.kd_alpha

@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
+from lab.config import student_overrides
+from lab.probe import train_student
 
-ROOT = Path(__file__).resolve().parents[1]
-DISTILL = [str(ROOT / ".venv" / "bin" / "python"), "-m", "distill.cli"]
 # name: (loss, learning rate, steps, start from)
 ARMS: dict[str, tuple[str | None, float, int, str | None]] = {
     "fwd": (None, 3e-3, 1000, None),
@@ -43,28 +40,9 @@ ARMS: dict[str, tuple[str | None, float, int, str | None]] = {
 
 def train(name: str, export: Path, student: Path, out: Path, seed: int, loss: str | None, lr: float,
           steps: int) -> dict[str, Any]:
-    """Render with `distill config kd` as the lab does, train with Axolotl; the losses it logged."""
-    from distill.axolotl.train import losses, run_axolotl
-
-    folder = out / f"{name}-s{seed}"
-    done = folder / "probe-trained.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    sets = {"max_steps": steps, "micro_batch_size": 32, "learning_rate": lr, "lr_scheduler": "cosine",
-            "warmup_steps": 10, "seed": seed, "logging_steps": 50, "num_epochs": 1000, "kd_alpha": 1.0,
-            "kd_ce_alpha": 0.0}
-    argv = [*DISTILL, "config", "kd", "--dataset", str(export), "--student", str(student), "--out",
-            str(out / "configs" / f"{name}-s{seed}.yaml"), "--output-dir", str(folder), "--prepared-dir",
-            str(out / "prepared" / f"{name}-s{seed}"), "--smoke",
-            *(a for k, v in sets.items() for a in ("--set", f"{k}={v}")), *(["--loss", loss] if loss else [])]
-    result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=True)
-    (config,) = [Path(p) for p in re.findall(r"wrote (\S+\.yaml)", result.stdout)]
-    print(f"  {name}-s{seed}: axolotl train ({yaml.safe_load(config.read_text()).get('kd_divergence')}, lr {lr}, "
-          f"{steps} steps from {student})", flush=True)
-    steps_loss = losses(run_axolotl("train", config, log=out / "logs" / f"{name}-s{seed}.log", cwd=ROOT))
-    record = {"losses": steps_loss, "final_loss": steps_loss[-1] if steps_loss else None}
-    done.write_text(json.dumps(record) + "\n")
-    return record
+    """Render with `distill config kd` as the lab does (pure KD), train with Axolotl; the losses it logged."""
+    sets = student_overrides(steps, 32, lr, seed) | {"kd_alpha": 1.0, "kd_ce_alpha": 0.0}
+    return train_student("kd", f"{name}-s{seed}", export, student, out, sets, ["--loss", loss] if loss else None)
 
 
 def main() -> None:

@@ -9,10 +9,9 @@ the lab's held-out problems, 4 samples each at T = 0.6, one seeded batch per mod
 - ``base``: the lab's recipe (1,000 Axolotl steps, micro-batch 32, lr 3e-3 cosine, 10 warmup steps);
 - ``steps3k``: the same for 3,000 steps (is it only slow?);
 - ``wide``: a student of hidden 128 (the teacher's width, 2 heads of 64, intermediate 256), 1,000 steps;
-- ``wide-steps2k``: the wide student for 2,000 steps; ``wide-600``: for 600;
 - ``mid``: a student of hidden 96 (2 heads of 48, intermediate 192), 1,000 steps.
 
-    python -m lab.sft_probe --lab out/lab/onpolicy --seeds 1 3 --recipes base steps3k wide --out out/lab/sft-probe
+    python -m lab.sft_probe --lab out/lab/onpolicy --seeds 1 3 --recipes base steps3k mid wide --out out/lab/sft-probe
 """
 
 from __future__ import annotations
@@ -25,10 +24,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
+from lab.config import student_overrides
+from lab.probe import DISTILL, ROOT, train_student
 
-ROOT = Path(__file__).resolve().parents[1]
-DISTILL = [str(ROOT / ".venv" / "bin" / "python"), "-m", "distill.cli"]
 WIDE = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 2, "num_key_value_heads": 1}
 MID = {"hidden_size": 96, "intermediate_size": 192, "num_attention_heads": 2, "num_key_value_heads": 1}
 # name: (student shape over lab.teacher.STUDENT_SHAPE, steps, learning rate, micro-batch)
@@ -36,10 +34,7 @@ RECIPES: dict[str, tuple[dict[str, int], int, float, int]] = {
     "base": ({}, 1000, 3e-3, 32),
     "steps3k": ({}, 3000, 3e-3, 32),
     "wide": (WIDE, 1000, 3e-3, 32),
-    "wide-steps2k": (WIDE, 2000, 3e-3, 32),
-    "wide-600": (WIDE, 600, 3e-3, 32),
     "mid": (MID, 1000, 3e-3, 32),
-    "lr1e-2": ({}, 1000, 1e-2, 32),
 }
 
 
@@ -57,26 +52,7 @@ def init(lab: Path, out: Path, shape: dict[str, int], seed: int) -> Path:
 def train(name: str, export: Path, student: Path, out: Path, seed: int, steps: int, lr: float,
           batch: int) -> dict[str, Any]:
     """Render with `distill config sft` as the lab does, train with Axolotl; the losses it logged."""
-    from distill.axolotl.train import losses, run_axolotl
-
-    folder = out / f"{name}-s{seed}"
-    done = folder / "probe-trained.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    sets = {"max_steps": steps, "micro_batch_size": batch, "learning_rate": lr, "lr_scheduler": "cosine",
-            "warmup_steps": 10, "seed": seed, "logging_steps": 50, "num_epochs": 1000}
-    argv = [*DISTILL, "config", "sft", "--dataset", str(export), "--student", str(student), "--out",
-            str(out / "configs" / f"{name}-s{seed}.yaml"), "--output-dir", str(folder), "--prepared-dir",
-            str(out / "prepared" / f"{name}-s{seed}"), "--smoke",
-            *(a for k, v in sets.items() for a in ("--set", f"{k}={v}"))]
-    result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=True)
-    (config,) = [Path(p) for p in re.findall(r"wrote (\S+\.yaml)", result.stdout)]
-    print(f"  {name}-s{seed}: axolotl train (lr {lr}, {steps} steps, batch {batch}, from {student})", flush=True)
-    steps_loss = losses(run_axolotl("train", config, log=out / "logs" / f"{name}-s{seed}.log", cwd=ROOT))
-    record = {"losses": steps_loss, "final_loss": steps_loss[-1] if steps_loss else None}
-    done.write_text(json.dumps(record) + "\n")
-    assert yaml.safe_load(config.read_text())["output_dir"] == str(folder)
-    return record
+    return train_student("sft", f"{name}-s{seed}", export, student, out, student_overrides(steps, batch, lr, seed))
 
 
 def pass_at_1(model_dir: Path, problems: int, samples: int, temperature: float, max_new_tokens: int) -> float:
@@ -112,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lab", type=Path, required=True, help="a finished lab run (exports/, students/, teacher/)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--recipes", nargs="+", default=["base", "steps3k", "wide"], choices=list(RECIPES))
+    parser.add_argument("--recipes", nargs="+", default=["base", "steps3k", "mid", "wide"], choices=list(RECIPES))
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("out/lab/sft-probe"))
