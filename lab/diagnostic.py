@@ -137,7 +137,7 @@ def diagnose(models: dict[str, Path], export_file: Path, k: int, out: Path) -> d
 
 def main() -> None:
     """``python -m lab.diagnostic EXPORT OUT NAME=MODEL ... [--top-k K] [--rows N]``: the report of each model on
-    the first N rows of a KD export (jsonl or parquet), printed and written to OUT."""
+    the last N rows of a KD export (jsonl or parquet), printed and written to OUT."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
